@@ -1,0 +1,297 @@
+"""Configuration: frozen dataclasses, one flat dotted name per knob, strict overrides.
+
+A knob has one name everywhere: the field ``TrainConfig.lr`` is the override ``train.lr=0.01``, the
+search-space key ``train.lr`` and the Parquet column ``train.lr``. Overrides are strict: an unknown key,
+a value of the wrong type or a value out of range raises ``ConfigError`` naming the key and the fix.
+
+Each field may carry ``choices`` or a ``[lo, hi]`` range in its metadata (see ``knob``); validation
+reads them, so the rules sit next to the defaults they guard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from wilss.errors import ConfigError
+
+
+def knob(default: Any, *, choices: tuple | None = None, lo: float | None = None, hi: float | None = None):
+    """A dataclass field with validation metadata (choices, or an inclusive range)."""
+    return field(default=default, metadata={"choices": choices, "lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = knob("synthetic", choices=("synthetic", "voc", "coco-voc", "ade"))
+    # "" means the synthetic benchmark in the cache folder, generated on first use.
+    root: str = ""
+    # Which files of a VOC tree to read: "aug" = train_aug.txt + SegmentationClassAug (VOC + SBD),
+    # "plain" = ImageSets/Segmentation/train.txt + SegmentationClass, "auto" = aug when present.
+    layout: str = knob("auto", choices=("auto", "aug", "plain"))
+    task: str = "10-5"
+    # MiB rule (METHOD.md §1.3): overlap keeps future classes in an image (as background),
+    # disjoint drops images that hold any future class.
+    overlap: bool = True
+    # What void (255) pixels become in training labels (METHOD.md §1.5 / §7.1): "bg" (MiB, WILSON),
+    # "negative" (DKD: a negative for every class; for softmax methods the same as bg), "ignore".
+    void_policy: str = knob("bg", choices=("bg", "negative", "ignore"))
+    crop_size: int = knob(64, lo=8, hi=4096)
+    # RandomResizedCrop area range relative to the image (§1.6); > 1 falls back to a centre crop.
+    scale_min: float = knob(0.5, lo=0.01, hi=10.0)
+    scale_max: float = knob(2.0, lo=0.01, hi=10.0)
+    loader_workers: int = knob(0, lo=0, hi=64)
+    # Where per-image class sets, the synthetic benchmark and (later) foundation evidence are cached;
+    # "" = next to the results (``<out>/cache``), or ~/.cache/wilss for commands without results.
+    cache_dir: str = ""
+    # Synthetic benchmark size (only read when dataset == "synthetic").
+    synthetic_seed: int = knob(0, lo=0)
+    synthetic_train: int = knob(1500, lo=10)
+    synthetic_val: int = knob(300, lo=10)
+    synthetic_size: int = knob(64, lo=16, hi=1024)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = knob("resnet-tiny", choices=("resnet-tiny", "resnet18", "resnet50", "resnet101"))
+    # "" = random init; "imagenet" = torchvision ImageNet weights (needs the hub or its cache);
+    # any other value is a local checkpoint file of the backbone.
+    pretrained: str = ""
+    output_stride: int = knob(8, choices=(8, 16))
+    aspp_channels: int = knob(64, lo=8, hi=2048)
+    bn_momentum: float = knob(0.1, lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = knob(12, lo=1)
+    # Steps > 0 usually train with a smaller lr for their own number of epochs (DKD: 1e-3 then 1e-4).
+    epochs_next: int = knob(8, lo=1)
+    batch_size: int = knob(32, lo=1)
+    # SGD (Nesterov) is what every paper uses; AdamW trains the from-scratch CPU student much faster.
+    optimizer: str = knob("sgd", choices=("sgd", "adamw"))
+    lr: float = knob(0.01, lo=0.0, hi=10.0)
+    lr_next: float = knob(0.001, lo=0.0, hi=10.0)
+    momentum: float = knob(0.9, lo=0.0, hi=1.0)
+    nesterov: bool = True
+    weight_decay: float = knob(1e-4, lo=0.0, hi=1.0)
+    # ASPP and classifiers learn at lr * head_lr_mult (10 in DKD, MiB and WILSON).
+    head_lr_mult: float = knob(10.0, lo=0.0, hi=1000.0)
+    poly_power: float = knob(0.9, lo=0.0, hi=10.0)
+    # AMP (bf16) only takes effect on CUDA; CPU training is always fp32.
+    amp: bool = True
+    device: str = knob("auto", choices=("auto", "cpu", "cuda"))
+    seed: int = knob(0, lo=0)
+    # Print a progress line every this many iterations (0 = once per epoch only).
+    log_every: int = knob(0, lo=0)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # "crop" = resize the shorter side to ``size`` then centre-crop (as the published tables, §1.6);
+    # "full" = the whole image at its own resolution.
+    mode: str = knob("crop", choices=("crop", "full"))
+    size: int = knob(64, lo=8, hi=4096)
+    batch_size: int = knob(64, lo=1)
+    # Pixels of classes not yet seen at an intermediate step: "ignore" (MiB, DKD-ADE) or "bg"
+    # (WILSON, DKD-VOC). The other convention is logged too, under the prefix ``future_<other>.``.
+    future_classes: str = knob("ignore", choices=("ignore", "bg"))
+    # Which val images test each step: "all" (WILSON) or "seen" (DKD: images holding a seen class).
+    selection: str = knob("all", choices=("all", "seen"))
+    # Class averaging of mIoU: "present" (WILSON: classes with gt pixels) or "all" (DKD: absent = 0).
+    average: str = knob("present", choices=("present", "all"))
+
+
+@dataclass(frozen=True)
+class Config:
+    method: str = "finetune"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# flat names
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``Config`` -> ``{"method": ..., "data.task": ..., "train.lr": ...}`` (the Parquet columns)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def _field_of(cfg: Config, key: str) -> tuple[dataclasses.Field, type]:
+    """The dataclass field behind a dotted key and its resolved type; ConfigError when unknown."""
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        f = fields.get(part)
+        if f is None:
+            raise ConfigError(_unknown_key_message(cfg, key))
+        hints = typing.get_type_hints(type(node))
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(node, part)):
+                raise ConfigError(f"config key '{key}' is a section, not a value; set one of its keys, "
+                                  f"e.g. '{key}.{dataclasses.fields(getattr(node, part))[0].name}=...'")
+            return f, hints[part]
+        node = getattr(node, part)
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(_unknown_key_message(cfg, key))
+    raise AssertionError("unreachable")
+
+
+def _unknown_key_message(cfg: Config, key: str) -> str:
+    close = difflib.get_close_matches(key, list(flatten(cfg)), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown config key '{key}': {hint}list the keys with `wilss config`"
+
+
+def parse_value(key: str, text: Any, typ: type) -> Any:
+    """Convert an override (string from the command line, or a value from a search space) to ``typ``."""
+    if typ is bool:
+        if isinstance(text, bool):
+            return text
+        low = str(text).strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"config key '{key}' takes a boolean, got {text!r}: use true or false")
+    if typ is int:
+        if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
+            raise ConfigError(f"config key '{key}' takes an integer, got {text!r}")
+        try:
+            return int(text) if not isinstance(text, str) else int(text.strip())
+        except ValueError:
+            raise ConfigError(f"config key '{key}' takes an integer, got {text!r}") from None
+    if typ is float:
+        if isinstance(text, bool):
+            raise ConfigError(f"config key '{key}' takes a number, got {text!r}")
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"config key '{key}' takes a number, got {text!r}") from None
+    if typ is str:
+        return str(text)
+    raise AssertionError(f"unsupported config type {typ} for {key}")
+
+
+def _check(key: str, f: dataclasses.Field, value: Any) -> None:
+    choices, lo, hi = f.metadata.get("choices"), f.metadata.get("lo"), f.metadata.get("hi")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
+    if lo is not None and value < lo:
+        raise ConfigError(f"config key '{key}' must be >= {lo}; got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"config key '{key}' must be <= {hi}; got {value!r}")
+
+
+def override(cfg: Config, updates: dict[str, Any]) -> Config:
+    """Apply ``{"train.lr": "0.01", ...}`` strictly and return a new, validated config."""
+    for key, raw in updates.items():
+        f, typ = _field_of(cfg, key)
+        value = parse_value(key, raw, typ)
+        _check(key, f, value)
+        cfg = _replace_path(cfg, key.split("."), value)
+    validate(cfg)
+    return cfg
+
+
+def _replace_path(node: Any, parts: list[str], value: Any) -> Any:
+    if len(parts) == 1:
+        return dataclasses.replace(node, **{parts[0]: value})
+    child = getattr(node, parts[0])
+    return dataclasses.replace(node, **{parts[0]: _replace_path(child, parts[1:], value)})
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """``["train.lr=0.01", ...]`` (the ``--set`` arguments) -> ``{"train.lr": "0.01"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes key=value, got {item!r}: e.g. --set train.lr=0.01")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Check every field's rule and the cross-field rules; raise ConfigError naming the key."""
+    for key, value in flatten(cfg).items():
+        f, _ = _field_of(cfg, key)
+        _check(key, f, value)
+    if cfg.data.scale_min > cfg.data.scale_max:
+        raise ConfigError(f"data.scale_min ({cfg.data.scale_min}) must not exceed data.scale_max "
+                          f"({cfg.data.scale_max})")
+    # Imported here: methods and tasks import config, not the other way round.
+    from wilss.data.tasks import get_task
+    from wilss.methods import METHODS
+
+    if cfg.method not in METHODS:
+        raise ConfigError(f"unknown method '{cfg.method}': choose one of {', '.join(sorted(METHODS))}")
+    get_task(cfg.data.dataset, cfg.data.task)
+
+
+def to_json(cfg: Config) -> str:
+    return json.dumps(flatten(cfg), indent=1, sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# presets
+
+
+def _synthetic() -> Config:
+    """The embedded default: synthetic benchmark, tiny student, whole protocol in minutes on a CPU."""
+    return Config()
+
+
+def _voc() -> Config:
+    """Pascal VOC 2012 + SBD with DeepLabV3 ResNet-101 at 512 px (METHOD.md §1.6, §3.5, §4.2)."""
+    return Config(
+        data=DataConfig(dataset="voc", task="15-5", crop_size=512, loader_workers=8),
+        model=ModelConfig(backbone="resnet101", pretrained="imagenet", output_stride=16,
+                          aspp_channels=256, bn_momentum=0.01),
+        train=TrainConfig(epochs=30, epochs_next=30, batch_size=24, lr=0.01, lr_next=0.001, log_every=50),
+        eval=EvalConfig(size=512, batch_size=8),
+    )
+
+
+def _ade() -> Config:
+    """ADE20K overlap protocol with DeepLabV3 ResNet-101 (METHOD.md §1.8)."""
+    base = _voc()
+    return dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, dataset="ade", task="100-50", void_policy="ignore"),
+        train=dataclasses.replace(base.train, epochs=60, epochs_next=60, lr=0.0025, lr_next=0.00025),
+    )
+
+
+def _coco_voc() -> Config:
+    """COCO-to-VOC (WILSON protocol, METHOD.md §1.7); the paper's WRN-38 is replaced by ResNet-101."""
+    base = _voc()
+    return dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, dataset="coco-voc", task="coco-to-voc", overlap=False,
+                                 crop_size=448),
+    )
+
+
+PRESETS = {"synthetic": _synthetic, "voc": _voc, "ade": _ade, "coco-voc": _coco_voc}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()

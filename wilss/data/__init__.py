@@ -1,0 +1,1 @@
+"""Data: class lists, tasks and the split rule, readers, label remapping, joint transforms."""

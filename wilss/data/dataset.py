@@ -1,0 +1,54 @@
+"""The torch dataset of one step: read an image and its mask, remap labels, transform both."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from wilss.data.readers import ImageList
+from wilss.errors import DataError
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Items are dicts: image (3, H, W) float, mask (H, W) int64 in task-order indices, index.
+
+    ``lut`` (256,) uint8 maps raw class ids to the step's labels (``wilss.data.labels``); masks stored
+    in another id space (VOC masks of COCO-to-VOC) go through their source's map first.
+    ``labels`` (optional, (N, K) float) adds each image's image-level label vector, for weak methods.
+    """
+
+    def __init__(self, images: ImageList, indices: np.ndarray, lut: np.ndarray, transform: Callable,
+                 labels: np.ndarray | None = None):
+        self.images, self.indices, self.transform, self.labels = images, np.asarray(indices), transform, labels
+        self.luts = {source: lut[raw] for source, raw in images.source_luts.items()}
+        self.lut = lut
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        j = int(self.indices[i])
+        try:
+            with Image.open(self.images.images[j]) as im:
+                image = np.array(im.convert("RGB"))  # (H, W, 3) uint8
+            with Image.open(self.images.masks[j]) as im:
+                raw = np.asarray(im)  # (H, W) uint8 class ids, 255 void
+        except OSError as e:
+            raise DataError(f"cannot read image or mask of '{self.images.ids[j]}' ({e}): replace the "
+                            f"file") from None
+        if raw.shape != image.shape[:2]:
+            raise DataError(f"mask {self.images.masks[j]} is {raw.shape[1]}x{raw.shape[0]} but its image "
+                            f"is {image.shape[1]}x{image.shape[0]}: the mask must match the image")
+        lut = self.luts.get(str(self.images.sources[j]), self.lut)
+        mask = lut[raw]  # a fresh (writable) array
+        image_t, mask_t = self.transform(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+                                         tv_tensors.Mask(torch.from_numpy(mask)))
+        item = {"image": image_t.as_subclass(torch.Tensor), "mask": mask_t.as_subclass(torch.Tensor).long(),
+                "index": j}
+        if self.labels is not None:
+            item["labels"] = torch.from_numpy(self.labels[j]).float()
+        return item

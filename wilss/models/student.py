@@ -1,0 +1,129 @@
+"""The student: torchvision DeepLabV3 (dilated ResNet + ASPP) with classifiers that grow per step.
+
+Layout of the output channels: ``heads[0]`` predicts background + the step-0 classes, ``heads[t]``
+the classes step t adds; logits are their concatenation, in task order (channel = task-order index).
+Backbones: torchvision ResNet-101/50/18 (ImageNet weights via torchvision when they can be had, or a
+local file) and ``resnet-tiny``, a narrow dilated ResNet for CPU presets (``wilss.models.tiny``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+from wilss.errors import ConfigError
+from wilss.models.tiny import TinyResNet
+
+
+# name -> (constructor, torchvision ImageNet weights or None, output channels of layer4)
+BACKBONES = {
+    "resnet-tiny": (TinyResNet, None, 256),
+    "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1, 512),
+    "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1, 2048),
+    "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1, 2048),
+}
+
+
+def build_backbone(name: str, output_stride: int = 16, pretrained: str = "") -> tuple[nn.Module, int]:
+    """A ResNet body returning ``{"out": (B, C, H/os, W/os)}`` and its channel count C."""
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
+    ctor, weights, channels = BACKBONES[name]
+    if ctor is TinyResNet:
+        if pretrained == "imagenet":
+            raise ConfigError(f"backbone '{name}' has no ImageNet weights: set model.pretrained='' or a file")
+        net = TinyResNet(output_stride=output_stride)
+        if pretrained:
+            load_backbone_file(net, pretrained)
+        return net, channels
+    # Dilate the last stage (os 16) or the last two (os 8) instead of striding.
+    dilate = [False, False, True] if output_stride == 16 else [False, True, True]
+    if name == "resnet18":  # BasicBlock cannot dilate: keep strides (os 32), the ASPP still works
+        dilate = None
+    kwargs = {"replace_stride_with_dilation": dilate} if dilate else {}
+    if pretrained == "imagenet":
+        if weights is None:
+            raise ConfigError(f"backbone '{name}' has no ImageNet weights: set model.pretrained='' or a file")
+        try:
+            net = ctor(weights=weights, **kwargs)
+        except Exception as e:  # offline: the download fails
+            raise ConfigError(f"cannot load ImageNet weights for '{name}' ({type(e).__name__}: {e}); "
+                              f"download {weights.url} and pass the file as model.pretrained=PATH") from None
+    else:
+        net = ctor(**kwargs)
+        if pretrained:
+            load_backbone_file(net, pretrained)
+    return IntermediateLayerGetter(net, {"layer4": "out"}), channels
+
+
+def load_backbone_file(net: nn.Module, path: str) -> None:
+    """Load a backbone state dict (e.g. torchvision's ``resnet101-63fe2227.pth``); the fc may be absent."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"model.pretrained file {file} does not exist: give a backbone checkpoint "
+                          f"path, 'imagenet', or '' for random init")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ConfigError(f"{file} does not fit the backbone: missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}; give a checkpoint of the same architecture")
+
+
+class Student(nn.Module):
+    """DeepLabV3: backbone -> ASPP -> per-step 1x1 classifiers -> bilinear upsampling."""
+
+    def __init__(self, backbone: nn.Module, backbone_channels: int, step_sizes: list[int],
+                 aspp_channels: int = 256, output_stride: int = 16):
+        super().__init__()
+        rates = [6, 12, 18] if output_stride == 16 else [12, 24, 36]
+        self.backbone = backbone
+        self.aspp = ASPP(backbone_channels, rates, aspp_channels)  # conv-BN-ReLU + dropout 0.5 inside
+        self.heads = nn.ModuleList()
+        self.aspp_channels = aspp_channels
+        for n in step_sizes:
+            self.add_head(n)
+
+    @property
+    def n_classes(self) -> int:
+        return sum(h.out_channels for h in self.heads)
+
+    def add_head(self, n: int) -> nn.Conv2d:
+        """Grow the classifier by ``n`` channels (one new step)."""
+        head = nn.Conv2d(self.aspp_channels, n, 1)
+        ref = next(self.aspp.parameters())
+        self.heads.append(head.to(device=ref.device, dtype=ref.dtype))
+        return head
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> backbone features (B, C, H/os, W/os)."""
+        return self.backbone(x)["out"]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> ASPP features (B, aspp_channels, H/os, W/os)."""
+        return self.aspp(self.encode(x))
+
+    def classify(self, f: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> logits (B, n_classes, h, w), without upsampling."""
+        return torch.cat([h(f) for h in self.heads], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> logits (B, n_classes, H, W)."""
+        return F.interpolate(self.classify(self.features(x)), size=x.shape[-2:], mode="bilinear",
+                             align_corners=False)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.aspp.parameters(), *self.heads.parameters()]
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum

@@ -1,0 +1,144 @@
+"""The incremental protocol: walk the steps of a task, train each with a method, evaluate, record.
+
+At step t the student grows one classifier, the step t-1 model is kept frozen in eval mode for the
+method to distil from, and the step's images come from the split rule. After each step the protocol
+writes a checkpoint and one result row (atomically); a rerun into the same folder skips finished steps.
+``joint`` is a single step over every class and image, recorded as the task's last step.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from wilss import engine
+from wilss.config import Config, validate
+from wilss.data import labels, splits
+from wilss.data.dataset import SegmentationDataset
+from wilss.data.datasets import PreparedData, prepare
+from wilss.data.transforms import eval_transform, train_transform
+from wilss.methods import Method, StepContext, create_method
+from wilss.metrics import step_metrics
+from wilss.models import create_student
+from wilss.results import make_row, write_row
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes: ``<out>/results/step-<t>.parquet`` and ``<out>/checkpoints/step-<t>.pt``."""
+
+    out: Path
+
+    def result(self, step: int) -> Path:
+        return self.out / "results" / f"step-{step}.parquet"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.out / "checkpoints" / f"step-{step}.pt"
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _loader(dataset, batch_size: int, train: bool, workers: int, seed: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) >= batch_size,
+                      num_workers=workers, generator=g, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False)
+
+
+def step_sizes(data: PreparedData, upto: int) -> list[int]:
+    """Classifier sizes of steps 0..upto: step 0 also predicts background."""
+    return [len(data.task.new(t)) + (t == 0) for t in range(upto + 1)]
+
+
+def train_loader(method: Method, cfg: Config, data: PreparedData, step: int) -> DataLoader:
+    if method.joint:  # every image that holds any class of the task
+        idx = np.unique(np.concatenate(data.train_splits))
+    else:
+        idx = data.train_splits[step]
+    ds = SegmentationDataset(data.train, idx, method.train_lut(data.task, step, cfg),
+                             train_transform(cfg.data.crop_size, (cfg.data.scale_min, cfg.data.scale_max)))
+    return _loader(ds, cfg.train.batch_size, True, cfg.data.loader_workers, cfg.train.seed + step)
+
+
+def test_loader(cfg: Config, data: PreparedData, step: int) -> DataLoader:
+    idx = splits.test_indices(data.present_val, data.task, step, cfg.eval.selection)
+    ds = SegmentationDataset(data.val, idx, labels.test_lut(data.task, step),
+                             eval_transform(cfg.eval.mode, cfg.eval.size))
+    batch = cfg.eval.batch_size if cfg.eval.mode == "crop" else 1  # full images differ in size
+    return _loader(ds, batch, False, cfg.data.loader_workers, 0)
+
+
+def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str = "",
+                 progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+    """Run every step of ``cfg``'s task into ``out``; returns the result rows (one per step)."""
+    validate(cfg)
+    paths = RunPaths(Path(out))
+    device = engine.resolve_device(cfg.train.device)
+    data = prepare(cfg.data, cfg.data.cache_dir or paths.cache, progress=progress)
+    method = create_method(cfg.method)
+    task = data.task
+    steps = [task.n_steps - 1] if method.joint else list(range(task.n_steps))
+    setting = "overlap" if cfg.data.overlap else "disjoint"
+    log(f"{cfg.method} on {cfg.data.dataset} {task.name} {setting}: {len(steps)} step(s), "
+        f"train images per step {[len(s) for s in data.train_splits]}, device {device}")
+
+    rows, model = [], None
+    for step in steps:
+        seed_everything(cfg.train.seed * 1000 + step)
+        t0 = time.perf_counter()
+        first = method.joint or step == 0
+        prev_model = None
+        if first:
+            model = create_student(cfg.model, step_sizes(data, task.n_steps - 1 if method.joint else 0))
+        else:
+            prev_model = copy.deepcopy(model).eval().requires_grad_(False)
+            model.add_head(len(task.new(step)))
+        model.to(device)
+        meta = {"dataset": cfg.data.dataset, "task": task.name, "overlap": cfg.data.overlap, "step": step,
+                "method": cfg.method, "n_classes": model.n_classes}
+        if paths.result(step).is_file() and paths.checkpoint(step).is_file():
+            engine.load_checkpoint(paths.checkpoint(step), model, expect=meta)
+            rows.append(pd.read_parquet(paths.result(step)).iloc[0].to_dict())
+            log(f"step {step}: already done in {paths.out}, loaded its checkpoint")
+            continue
+
+        ctx = StepContext(cfg, task, step, model, prev_model.to(device) if prev_model else None, device)
+        method.begin_step(ctx)
+        loader = train_loader(method, cfg, data, step)
+        epochs, lr = (cfg.train.epochs, cfg.train.lr) if first else (cfg.train.epochs_next, cfg.train.lr_next)
+        log(f"step {step}: classes {list(task.new(step)) if not method.joint else 'all'}, "
+            f"{len(loader.dataset)} images, {epochs} epochs")
+        losses = engine.fit(method, ctx, loader, epochs, lr, cfg.train, log=log)
+        t_train = time.perf_counter() - t0
+
+        ev = engine.evaluate(model, test_loader(cfg, data, step), task.n_seen(step), method.predict, device,
+                             cfg.train.amp)
+        metrics = step_metrics(ev, 1 + len(task.new(0)), data.class_names[: task.n_seen(step)],
+                               cfg.eval.future_classes, cfg.eval.average)
+        t_step = time.perf_counter() - t0
+        engine.save_checkpoint(paths.checkpoint(step), model, meta)
+        row = make_row(cfg, step=step, metrics=metrics, sweep=sweep, trial_id=trial_id, device=str(device),
+                       timings={"step_s": t_step, "train_s": t_train, "eval_s": t_step - t_train},
+                       extra={f"loss.{k}": v for k, v in losses.items()} | {"n_train_images": len(loader.dataset)})
+        write_row(row, paths.result(step))
+        rows.append(row)
+        log(f"step {step}: mIoU all {metrics['miou_all']:.3f}  old {metrics['miou_old']:.3f}  "
+            f"new {metrics['miou_new']:.3f}  ({t_step:.0f}s)")
+    return rows
