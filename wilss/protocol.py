@@ -78,8 +78,8 @@ def train_loader(method: Method, cfg: Config, data: PreparedData, step: int) -> 
 
 
 def test_loader(cfg: Config, data: PreparedData, step: int) -> DataLoader:
-    idx = splits.test_indices(data.present_val, data.task, step, cfg.eval.selection)
-    ds = SegmentationDataset(data.val, idx, labels.test_lut(data.task, step),
+    idx = splits.eval_indices(data.present_val, data.task, step, cfg.eval.selection)
+    ds = SegmentationDataset(data.val, idx, labels.eval_lut(data.task, step),
                              eval_transform(cfg.eval.mode, cfg.eval.size))
     batch = cfg.eval.batch_size if cfg.eval.mode == "crop" else 1  # full images differ in size
     return _loader(ds, batch, False, cfg.data.loader_workers, 0)

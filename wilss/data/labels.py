@@ -36,7 +36,7 @@ def train_lut(task: Task, step: int, void_policy: str, *, keep_old: bool = False
     return lut
 
 
-def test_lut(task: Task, step: int) -> np.ndarray:
+def eval_lut(task: Task, step: int) -> np.ndarray:
     """Test labels at ``step``: seen classes -> index, future classes -> FUTURE, void stays 255."""
     lut = np.zeros(256, dtype=np.uint8)
     index = {c: i for i, c in enumerate(task.order)}

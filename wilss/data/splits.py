@@ -30,7 +30,7 @@ def train_indices(present: np.ndarray, task: Task, step: int, overlap: bool,
     return np.flatnonzero(keep)
 
 
-def test_indices(present: np.ndarray, task: Task, step: int, selection: str = "all") -> np.ndarray:
+def eval_indices(present: np.ndarray, task: Task, step: int, selection: str = "all") -> np.ndarray:
     """Val images that test ``step``: "all" (WILSON) or those holding any seen class (DKD's test)."""
     if selection == "all":
         return np.arange(len(present))
