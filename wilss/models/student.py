@@ -20,6 +20,8 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from wilss.errors import ConfigError
 from wilss.models.tiny import TinyResNet
 
+TINY_WEIGHTS = Path(__file__).parent / "weights" / "resnet_tiny_synthetic.pt"
+
 
 # name -> (constructor, torchvision ImageNet weights or None, output channels of layer4)
 BACKBONES = {
@@ -36,6 +38,8 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: str = "") -> 
         raise ConfigError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
     ctor, weights, channels = BACKBONES[name]
     if ctor is TinyResNet:
+        if pretrained == "synthetic":
+            pretrained = str(TINY_WEIGHTS)
         if pretrained == "imagenet":
             raise ConfigError(f"backbone '{name}' has no ImageNet weights: set model.pretrained='' or a file")
         net = TinyResNet(output_stride=output_stride)

@@ -1,0 +1,56 @@
+"""The whole protocol on a small synthetic benchmark: rows, resume, joint, the CLI table."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from wilss.cli import main
+from wilss.config import override, preset
+from wilss.protocol import run_protocol
+from wilss.results import read_rows
+
+FAST = {"data.crop_size": 32, "eval.size": 32, "train.epochs": 1, "train.epochs_next": 1,
+        "train.batch_size": 16, "data.task": "10-5"}
+
+
+def small_cfg(root, **extra):
+    return override(preset("synthetic"), {**FAST, "data.root": str(root), **extra})
+
+
+def test_finetune_rows_and_resume(small_synthetic, tmp_path):
+    cfg = small_cfg(small_synthetic)
+    logs = []
+    rows = run_protocol(cfg, tmp_path / "run", progress=False, log=logs.append)
+    assert [r["step"] for r in rows] == [0, 1]
+    df = read_rows(tmp_path / "run" / "results")
+    assert len(df) == 2 and df["schema_version"].eq(1).all()
+    for col in ["sweep", "trial_id", "method", "dataset", "task", "overlap", "seed", "train.lr", "miou_all",
+                "miou_old", "miou_new", "miou_old_nobg", "miou_all_nobg", "hiou", "iou.background",
+                "iou.lightning", "future_bg.miou_all", "time.step_s", "git_sha", "version.torch", "device"]:
+        assert col in df.columns, col
+    assert pd.isna(df.loc[0, "iou.lightning"]) if "iou.lightning" in df else True
+    assert df.loc[1, "miou_all"] >= 0 and 0 <= df.loc[1, "miou_old"] <= 1
+    # a rerun into the same folder trains nothing and returns the same rows
+    logs.clear()
+    again = run_protocol(cfg, tmp_path / "run", progress=False, log=logs.append)
+    assert sum("already done" in m for m in logs) == 2
+    assert [r["miou_all"] for r in again] == [r["miou_all"] for r in rows]
+
+
+def test_joint_is_one_step_over_all_classes(small_synthetic, tmp_path):
+    rows = run_protocol(small_cfg(small_synthetic, method="joint"), tmp_path / "j", progress=False,
+                        log=lambda m: None)
+    assert len(rows) == 1 and rows[0]["step"] == 1 and rows[0]["n_train_images"] == 120
+
+
+@pytest.mark.parametrize("overlap", ["true", "false"])
+def test_cli_run_prints_table(small_synthetic, tmp_path, capsys, overlap):
+    args = ["run", "--out", str(tmp_path / "c"), "--quiet", "--set", f"data.root={small_synthetic}",
+            "--set", f"data.overlap={overlap}"] + [a for k, v in FAST.items() for a in ("--set", f"{k}={v}")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "step    old old-bg    new    all   hIoU" in out and "results:" in out
+    # the same folder with another config is refused, naming the fix
+    assert main(args + ["--set", "train.lr=0.5"]) == 2
+    assert "another config" in capsys.readouterr().err
