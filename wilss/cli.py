@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from wilss.atomic import write_text
 from wilss.errors import WilssError
 
 
@@ -28,7 +29,7 @@ def _cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def _cmd_splits(args: argparse.Namespace) -> None:
-    from wilss.config import DataConfig, override, preset
+    from wilss.config import override, preset
     from wilss.data.datasets import default_cache_dir, prepare
 
     cfg = override(preset("synthetic"), {"data.dataset": args.dataset, "data.root": args.root or "",
@@ -39,20 +40,13 @@ def _cmd_splits(args: argparse.Namespace) -> None:
               "ids": [data.train.ids[i] for i in idx]} for t, idx in enumerate(data.train_splits)]
     doc = {"dataset": cfg.dataset, "task": cfg.task, "overlap": cfg.overlap, "steps": steps}
     if args.json:
-        _write_text_atomic(Path(args.json), json.dumps(doc, indent=1))
+        write_text(Path(args.json), json.dumps(doc, indent=1))
         sizes = ", ".join(str(s["n_images"]) for s in steps)
         print(f"wrote {args.json}: {len(steps)} steps, images per step {sizes}")
         return
     for s in steps:
         print(f"# step {s['step']}: classes {s['classes']}, {s['n_images']} images")
         print("\n".join(s["ids"]))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _build_config(args: argparse.Namespace):
@@ -88,7 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(config_file, to_json(cfg))
+        write_text(config_file, to_json(cfg))
         from wilss.protocol import run_protocol
 
         rows = run_protocol(cfg, out, progress=not args.quiet, log=(lambda m: None) if args.quiet else print)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -19,6 +16,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from wilss.atomic import atomic_path
 from wilss.config import TrainConfig
 from wilss.errors import WilssError
 from wilss.methods.base import Method, StepContext
@@ -117,15 +115,8 @@ def evaluate(model: nn.Module, loader: Iterable, n_seen: int, predict: Callable,
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "meta": meta}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path, model: nn.Module, expect: dict | None = None) -> dict:
@@ -146,9 +137,3 @@ def load_checkpoint(path: Path, model: nn.Module, expect: dict | None = None) ->
         raise WilssError(f"checkpoint {path} does not fit the model ({str(e).splitlines()[0]}): it was "
                          f"made with another backbone or class count") from None
     return meta
-
-
-def progress_log(prefix: str = "") -> Callable[[str], None]:
-    def log(msg: str) -> None:
-        print(f"{prefix}{msg}", file=sys.stdout, flush=True)
-    return log

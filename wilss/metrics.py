@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wilss.data.labels import FUTURE, IGNORE
+from wilss.data.labels import FUTURE
 
 
 class ConfusionMatrix:
@@ -98,4 +98,3 @@ def step_metrics(ev: StepEvaluator, n_old: int, class_names: tuple[str, ...], fu
     return row
 
 
-__all__ = ["ConfusionMatrix", "StepEvaluator", "summarize", "step_metrics", "IGNORE", "FUTURE"]

@@ -9,14 +9,13 @@ provenance (``git_sha``, ``version.*``, ``device``, ``node``).
 from __future__ import annotations
 
 import functools
-import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from wilss import __version__
+from wilss.atomic import atomic_path
 from wilss.config import Config, flatten
 
 SCHEMA_VERSION = 1
@@ -58,15 +57,8 @@ def write_row(row: dict, path: Path) -> None:
     """Write one row as a Parquet file: temp file in the same folder, then rename (atomic)."""
     import pandas as pd
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pd.DataFrame([row]).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_rows(folder: str | Path):

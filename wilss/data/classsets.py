@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from wilss.atomic import atomic_path
 from wilss.data.readers import ImageList
 from wilss.errors import DataError
 
@@ -65,12 +65,16 @@ def class_presence(images: ImageList, n_classes: int, cache_dir: str | Path | No
     if cache_dir:
         path = Path(cache_dir) / "classsets" / f"{cache_key(images, n_classes)}.npy"
         if path.is_file():
-            present = np.load(path)
-            if present.shape == (len(images), n_classes):
+            try:
+                present = np.load(path)
+            except (OSError, ValueError, EOFError):  # unreadable entry: rescan and replace it
+                present = None
+            if present is not None and present.shape == (len(images), n_classes):
                 return present
     present = _scan(images, n_classes, workers, progress)
     if path is not None:
-        _save_atomic(path, present)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
+            np.save(f, present)
     return present
 
 
@@ -93,16 +97,3 @@ def _scan(images: ImageList, n_classes: int, workers: int | None, progress: bool
                 bar.update(len(chunk[0]))
     bar.close()
     return np.concatenate(rows)
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
