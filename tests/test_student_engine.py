@@ -4,6 +4,7 @@ import torch
 from wilss import engine
 from wilss.config import ModelConfig, TrainConfig
 from wilss.errors import ConfigError, WilssError
+from wilss.methods.base import default_param_groups, poly
 from wilss.models import create_student
 from wilss.models.student import TINY_WEIGHTS
 
@@ -30,9 +31,10 @@ def test_shipped_tiny_weights_load_through_the_file_path():
 
 def test_optimizer_groups_and_poly():
     model = create_student(ModelConfig(), [3])
-    opt = engine.make_optimizer(model, TrainConfig(lr=0.1, head_lr_mult=10), 0.1)
+    cfg = TrainConfig(lr=0.1, head_lr_mult=10)
+    opt = engine.make_optimizer(default_param_groups(model, 0.1, cfg), cfg)
     assert [g["lr"] for g in opt.param_groups] == [0.1, pytest.approx(1.0)]
-    sched = engine.poly_schedule(opt, 10, 0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly(10, 0.9))
     for _ in range(5):
         opt.step()
         sched.step()

@@ -107,12 +107,131 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FoundationConfig:
+    """The frozen foundation models behind FMWISS's pseudo masks (METHOD.md §5.1, §5.2, §5.6).
+
+    A model is an open_clip / timm name; ``*_pretrained`` is a pretrained tag (``openai``, ``dino``), a
+    local checkpoint file, ``synthetic`` (the tiny models shipped with wilss) or "" (random init).
+    """
+
+    clip_model: str = "ViT-B-16"
+    clip_pretrained: str = "openai"
+    # Prompt-template ensemble for the class-text embeddings: CLIP's 80 ImageNet templates or a short set.
+    prompts: str = knob("imagenet", choices=("imagenet", "short"))
+    # Dense CLIP features: the MaskCLIP value path of the last block (default) or plain patch tokens.
+    dense: str = knob("maskclip", choices=("maskclip", "tokens"))
+    # Per-class normalisation of M_init over an image: min-max (default) or softmax over K(x) with
+    # CLIP's logit scale.
+    score_norm: str = knob("minmax", choices=("minmax", "softmax"))
+    vit_model: str = "vit_base_patch16_224"
+    vit_pretrained: str = "dino"
+    # Side of the square image both models see; evidence is cached per (model, weights, image, size).
+    resolution: int = knob(224, lo=16, hi=2048)
+    batch_size: int = knob(32, lo=1)
+
+
+@dataclass(frozen=True)
+class PseudoConfig:
+    """Online pseudo masks from cached evidence (METHOD.md §5.2): seeds, attention, top-K, fusion."""
+
+    n_seeds: int = knob(9, lo=1, hi=1024)
+    # Share K kept by binarisation; ``topk_mode``: "mass" keeps the smallest set of locations holding
+    # K of the map's mass (DINO), "fraction" the top K of locations, "relative" locations >= K * max.
+    topk: float = knob(0.7, lo=0.0, hi=1.0)
+    topk_mode: str = knob("mass", choices=("mass", "fraction", "relative"))
+    fusion: str = knob("union", choices=("union", "intersection", "none"))
+
+
+@dataclass(frozen=True)
+class FMWISSConfig:
+    """FMWISS losses, teacher and copy-paste memory (METHOD.md §5.3-§5.6); paper defaults."""
+
+    lambda_dcl: float = knob(0.1, lo=0.0, hi=100.0)
+    alpha: float = knob(0.5, lo=0.0, hi=1.0)
+    beta: float = knob(0.9, lo=0.0, hi=1.0)
+    # Which model beta weighs in the old-class blend: "prev" (q_old = beta p_prev + (1-beta) p_T, the
+    # default reading of §5.5) or "teacher" (the swap).
+    beta_on: str = knob("prev", choices=("prev", "teacher"))
+    # Student background target: min(p_prev_bg, q_bg) as WILSON (default) or the beta blend.
+    background: str = knob("min", choices=("min", "blend"))
+    tau: float = knob(0.1, lo=1e-4, hi=10.0)
+    points_per_class: int = knob(10, lo=1, hi=100000)
+    embed_dim: int = knob(64, lo=4, hi=4096)
+    warmup_epochs: int = knob(5, lo=0)
+    memory_per_class: int = knob(50, lo=0, hi=100000)
+    paste_prob: float = knob(0.5, lo=0.0, hi=1.0)
+    paste_scale_min: float = knob(0.5, lo=0.05, hi=10.0)
+    paste_scale_max: float = knob(1.5, lo=0.05, hi=10.0)
+    pastes_per_image: int = knob(1, lo=1, hi=16)
+    # Components on/off (the paper's component ablation): the plug-in teacher (off: the student
+    # learns from the fused pseudo masks directly), the dense contrastive loss, copy-paste memory.
+    teacher: bool = True
+    dcl: bool = True
+    copy_paste: bool = True
+
+
+@dataclass(frozen=True)
+class DKDConfig:
+    """DKD loss weights and training rules (METHOD.md §3); VOC defaults."""
+
+    w_mbce: float = knob(1.0, lo=0.0, hi=1000.0)
+    w_kd: float = knob(5.0, lo=0.0, hi=1000.0)
+    w_dkd_pos: float = knob(5.0, lo=0.0, hi=1000.0)
+    w_dkd_neg: float = knob(5.0, lo=0.0, hi=1000.0)
+    w_ac: float = knob(1.0, lo=0.0, hi=1000.0)
+    # BCE pos_weight of new classes: step 0 and later steps (VOC 2 / 1, ADE 35 / 35, §7.10).
+    pos_weight_step0: float = knob(2.0, lo=0.0, hi=1000.0)
+    pos_weight: float = knob(1.0, lo=0.0, hi=1000.0)
+    # Initialise new classifiers from the auxiliary classifier (ACI, §3.3); off = Kaiming normal.
+    aci: bool = True
+    # Steps > 0: BN and dropout in eval mode, BN affine frozen, weight decay per §3.5.
+    freeze_bn: bool = True
+    # DKD-M: class-balanced memory, a total number of images (VOC 100, ADE 300).
+    memory_size: int = knob(100, lo=0, hi=1000000)
+
+
+@dataclass(frozen=True)
+class MiBConfig:
+    """MiB (Cermelli et al., CVPR 2020): unbiased CE / KD, background-based init."""
+
+    w_kd: float = knob(10.0, lo=0.0, hi=1000.0)
+    init_bg: bool = True
+
+
+@dataclass(frozen=True)
+class WILSONConfig:
+    """WILSON (METHOD.md §4.3) at steps > 0; step 0 trains with pixel BCE."""
+
+    alpha: float = knob(0.5, lo=0.0, hi=1.0)
+    # Epoch from which the self-supervised localizer loss and the student's segmentation loss start.
+    pseudo_epoch: int = knob(5, lo=0)
+    w_seg: float = knob(1.0, lo=0.0, hi=1000.0)
+    w_enc: float = knob(1.0, lo=0.0, hi=1000.0)
+    w_loc: float = knob(1.0, lo=0.0, hi=1000.0)
+    w_cls: float = knob(1.0, lo=0.0, hi=1000.0)
+    w_sss: float = knob(1.0, lo=0.0, hi=1000.0)
+    # Learning-rate multiplier of the localizer relative to train.lr_next (lr_pseudo 1e-2 vs 1e-3).
+    localizer_lr_mult: float = knob(10.0, lo=0.0, hi=1000.0)
+    pamr_iters: int = knob(10, lo=0, hi=100)
+    # l_SEG at feature stride (the paper) or at full resolution (an ablation, §7.11).
+    seg_resolution: str = knob("stride", choices=("stride", "full"))
+    # lr policy: "warmup" = constant until pseudo_epoch, then poly on the global counter (the paper).
+    lr_policy: str = knob("warmup", choices=("warmup", "poly"))
+
+
+@dataclass(frozen=True)
 class Config:
     method: str = "finetune"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    foundation: FoundationConfig = field(default_factory=FoundationConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    fmwiss: FMWISSConfig = field(default_factory=FMWISSConfig)
+    dkd: DKDConfig = field(default_factory=DKDConfig)
+    mib: MiBConfig = field(default_factory=MiBConfig)
+    wilson: WILSONConfig = field(default_factory=WILSONConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,6 +351,9 @@ def validate(cfg: Config) -> None:
     for key, value in flatten(cfg).items():
         f, _ = _field_of(cfg, key)
         _check(key, f, value)
+    if cfg.fmwiss.paste_scale_min > cfg.fmwiss.paste_scale_max:
+        raise ConfigError(f"fmwiss.paste_scale_min ({cfg.fmwiss.paste_scale_min}) must not exceed "
+                          f"fmwiss.paste_scale_max ({cfg.fmwiss.paste_scale_max})")
     if cfg.data.scale_min > cfg.data.scale_max:
         raise ConfigError(f"data.scale_min ({cfg.data.scale_min}) must not exceed data.scale_max "
                           f"({cfg.data.scale_max})")

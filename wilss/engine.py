@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -31,23 +31,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD (or AdamW) with two groups: backbone at lr, head (ASPP + classifiers) at lr * head_lr_mult."""
-    head = {id(p) for p in model.head_parameters()}
-    body = [p for p in model.parameters() if id(p) not in head and p.requires_grad]
-    heads = [p for p in model.head_parameters() if p.requires_grad]
-    groups = [{"params": body, "lr": lr, "name": "backbone"},
-              {"params": heads, "lr": lr * cfg.head_lr_mult, "name": "head"}]
+def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over the method's parameter groups (each may carry lr, weight_decay)."""
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
-
-
-def poly_schedule(optimizer: torch.optim.Optimizer, max_iters: int, power: float):
-    """lr_i = lr_0 * (1 - i / max_iters) ** power, stepped every iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: (1 - min(i, max_iters) / max(1, max_iters)) ** power)
+        return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -64,14 +54,17 @@ def fit(method: Method, ctx: StepContext, loader: Iterable, epochs: int, lr: flo
         log: Callable[[str], None] = print) -> dict[str, float]:
     """Train ``ctx.model`` for ``epochs``; returns the last epoch's mean of every loss term."""
     model = ctx.model
-    optimizer = make_optimizer(model, cfg, lr)
+    optimizer = make_optimizer(method.param_groups(ctx, lr), cfg)
     max_iters = epochs * len(loader)
-    scheduler = poly_schedule(optimizer, max_iters, cfg.poly_power)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, method.lr_lambda(ctx, max_iters, len(loader)))
     if ctx.prev_model is not None:
         ctx.prev_model.eval()
     it, means = 0, {}
+    ctx.epochs = epochs
     for epoch in range(epochs):
         model.train()
+        ctx.epoch = epoch
+        method.begin_epoch(ctx)
         sums: dict[str, torch.Tensor] = {}
         start, n = time.perf_counter(), 0
         for batch in loader:
@@ -85,6 +78,7 @@ def fit(method: Method, ctx: StepContext, loader: Iterable, epochs: int, lr: flo
             for k, v in terms.items():  # accumulate on device: no host sync in the loop
                 sums[k] = sums.get(k, 0) + v.detach().float()
             it, n = it + 1, n + 1
+            ctx.iteration = it
             if cfg.log_every and it % cfg.log_every == 0:
                 log(f"  iter {it}/{max_iters} loss {terms['loss'].item():.4f}")
         means = {k: float(v) / max(n, 1) for k, v in sums.items()}
@@ -114,13 +108,16 @@ def evaluate(model: nn.Module, loader: Iterable, n_seen: int, predict: Callable,
 # checkpoints: plain state dicts plus metadata, written atomically, read with weights_only=True
 
 
-def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
+def save_checkpoint(path: Path, model: nn.Module, meta: dict, extra: dict | None = None) -> None:
+    """State dict + metadata (+ a method's extra tensors, e.g. a memory bank), written atomically."""
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "meta": meta}, tmp)
+        torch.save({"model": model.state_dict(), "meta": meta, "extra": extra or {}}, tmp)
 
 
-def load_checkpoint(path: Path, model: nn.Module, expect: dict | None = None) -> dict:
-    """Load weights into ``model``; the checkpoint's meta must match ``expect`` (task, classes, ...)."""
+def load_checkpoint(path: Path, model: nn.Module, expect: dict | None = None) -> tuple[dict, dict]:
+    """Load weights into ``model``; the checkpoint's meta must match ``expect`` (task, classes, ...).
+
+    Returns (meta, extra)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -136,4 +133,4 @@ def load_checkpoint(path: Path, model: nn.Module, expect: dict | None = None) ->
     except (RuntimeError, KeyError) as e:
         raise WilssError(f"checkpoint {path} does not fit the model ({str(e).splitlines()[0]}): it was "
                          f"made with another backbone or class count") from None
-    return meta
+    return meta, state.get("extra", {})

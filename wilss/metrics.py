@@ -75,9 +75,9 @@ def summarize(cm: ConfusionMatrix, n_old: int, average: str = "present") -> dict
 
     n = cm.n
     out = {
-        "miou_all": mean(range(0, n)),
+        "miou_all": mean(range(n)),
         "miou_all_nobg": mean(range(1, n)),
-        "miou_old": mean(range(0, n_old)),
+        "miou_old": mean(range(n_old)),
         "miou_old_nobg": mean(range(1, n_old)),
         "miou_new": mean(range(n_old, n)),
     }

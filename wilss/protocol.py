@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,10 +25,9 @@ from wilss.config import Config, validate
 from wilss.data import labels, splits
 from wilss.data.dataset import SegmentationDataset
 from wilss.data.datasets import PreparedData, prepare
-from wilss.data.transforms import eval_transform, train_transform
+from wilss.data.transforms import eval_transform
 from wilss.methods import Method, StepContext, create_method
 from wilss.metrics import step_metrics
-from wilss.models import create_student
 from wilss.results import make_row, write_row
 
 
@@ -67,14 +66,10 @@ def step_sizes(data: PreparedData, upto: int) -> list[int]:
     return [len(data.task.new(t)) + (t == 0) for t in range(upto + 1)]
 
 
-def train_loader(method: Method, cfg: Config, data: PreparedData, step: int) -> DataLoader:
-    if method.joint:  # every image that holds any class of the task
-        idx = np.unique(np.concatenate(data.train_splits))
-    else:
-        idx = data.train_splits[step]
-    ds = SegmentationDataset(data.train, idx, method.train_lut(data.task, step, cfg),
-                             train_transform(cfg.data.crop_size, (cfg.data.scale_min, cfg.data.scale_max)))
-    return _loader(ds, cfg.train.batch_size, True, cfg.data.loader_workers, cfg.train.seed + step)
+def train_loader(method: Method, ctx: StepContext) -> DataLoader:
+    cfg = ctx.cfg
+    return _loader(method.train_dataset(ctx), cfg.train.batch_size, True, cfg.data.loader_workers,
+                   cfg.train.seed + ctx.step)
 
 
 def test_loader(cfg: Config, data: PreparedData, step: int) -> DataLoader:
@@ -91,7 +86,8 @@ def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str
     validate(cfg)
     paths = RunPaths(Path(out))
     device = engine.resolve_device(cfg.train.device)
-    data = prepare(cfg.data, cfg.data.cache_dir or paths.cache, progress=progress)
+    cache_dir = Path(cfg.data.cache_dir or paths.cache)
+    data = prepare(cfg.data, cache_dir, progress=progress)
     method = create_method(cfg.method)
     task = data.task
     steps = [task.n_steps - 1] if method.joint else list(range(task.n_steps))
@@ -106,7 +102,7 @@ def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str
         first = method.joint or step == 0
         prev_model = None
         if first:
-            model = create_student(cfg.model, step_sizes(data, task.n_steps - 1 if method.joint else 0))
+            model = method.create_model(cfg, step_sizes(data, task.n_steps - 1 if method.joint else 0))
         else:
             prev_model = copy.deepcopy(model).eval().requires_grad_(False)
             model.add_head(len(task.new(step)))
@@ -114,18 +110,21 @@ def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str
         meta = {"dataset": cfg.data.dataset, "task": task.name, "overlap": cfg.data.overlap, "step": step,
                 "method": cfg.method, "n_classes": model.n_classes}
         if paths.result(step).is_file() and paths.checkpoint(step).is_file():
-            engine.load_checkpoint(paths.checkpoint(step), model, expect=meta)
+            _, extra = engine.load_checkpoint(paths.checkpoint(step), model, expect=meta)
+            method.restore(extra)
             rows.append(pd.read_parquet(paths.result(step)).iloc[0].to_dict())
             log(f"step {step}: already done in {paths.out}, loaded its checkpoint")
             continue
 
-        ctx = StepContext(cfg, task, step, model, prev_model.to(device) if prev_model else None, device)
+        ctx = StepContext(cfg, task, step, model, prev_model.to(device) if prev_model else None, device,
+                          data=data, cache_dir=cache_dir, log=log)
         method.begin_step(ctx)
-        loader = train_loader(method, cfg, data, step)
+        loader = train_loader(method, ctx)
         epochs, lr = (cfg.train.epochs, cfg.train.lr) if first else (cfg.train.epochs_next, cfg.train.lr_next)
         log(f"step {step}: classes {list(task.new(step)) if not method.joint else 'all'}, "
             f"{len(loader.dataset)} images, {epochs} epochs")
         losses = engine.fit(method, ctx, loader, epochs, lr, cfg.train, log=log)
+        extra_cols = method.end_step(ctx)
         t_train = time.perf_counter() - t0
 
         ev = engine.evaluate(model, test_loader(cfg, data, step), task.n_seen(step), method.predict, device,
@@ -133,10 +132,11 @@ def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str
         metrics = step_metrics(ev, 1 + len(task.new(0)), data.class_names[: task.n_seen(step)],
                                cfg.eval.future_classes, cfg.eval.average)
         t_step = time.perf_counter() - t0
-        engine.save_checkpoint(paths.checkpoint(step), model, meta)
+        engine.save_checkpoint(paths.checkpoint(step), model, meta, method.state())
         row = make_row(cfg, step=step, metrics=metrics, sweep=sweep, trial_id=trial_id, device=str(device),
                        timings={"step_s": t_step, "train_s": t_train, "eval_s": t_step - t_train},
-                       extra={f"loss.{k}": v for k, v in losses.items()} | {"n_train_images": len(loader.dataset)})
+                       extra={f"loss.{k}": v for k, v in losses.items()} | {"n_train_images": len(loader.dataset)}
+                       | extra_cols | ctx.stats)
         write_row(row, paths.result(step))
         rows.append(row)
         log(f"step {step}: mIoU all {metrics['miou_all']:.3f}  old {metrics['miou_old']:.3f}  "

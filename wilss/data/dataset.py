@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,11 +19,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
     ``lut`` (256,) uint8 maps raw class ids to the step's labels (``wilss.data.labels``); masks stored
     in another id space (VOC masks of COCO-to-VOC) go through their source's map first.
     ``labels`` (optional, (N, K) float) adds each image's image-level label vector, for weak methods.
+    ``coords=True`` adds ``coords`` (H', W', 2): for every output pixel, where it came from in the
+    original image, in ``grid_sample`` coordinates ([-1, 1], x then y). Evidence computed once on the
+    whole image (foundation-model maps) is brought into the augmented crop with it.
+    ``extras(j)`` (optional) adds per-image tensors (e.g. cached evidence) under their own keys.
     """
 
     def __init__(self, images: ImageList, indices: np.ndarray, lut: np.ndarray, transform: Callable,
-                 labels: np.ndarray | None = None):
+                 labels: np.ndarray | None = None, coords: bool = False,
+                 extras: Callable[[int], dict] | None = None):
         self.images, self.indices, self.transform, self.labels = images, np.asarray(indices), transform, labels
+        self.coords, self.extras = coords, extras
         self.luts = {source: lut[raw] for source, raw in images.source_luts.items()}
         self.lut = lut
 
@@ -45,10 +51,23 @@ class SegmentationDataset(torch.utils.data.Dataset):
                             f"is {image.shape[1]}x{image.shape[0]}: the mask must match the image")
         lut = self.luts.get(str(self.images.sources[j]), self.lut)
         mask = lut[raw]  # a fresh (writable) array
-        image_t, mask_t = self.transform(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
-                                         tv_tensors.Mask(torch.from_numpy(mask)))
-        item = {"image": image_t.as_subclass(torch.Tensor), "mask": mask_t.as_subclass(torch.Tensor).long(),
+        inputs = [tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(mask))]
+        if self.coords:  # a Mask, so geometric ops resample it with nearest and Normalize skips it
+            inputs.append(tv_tensors.Mask(pixel_coords(*image.shape[:2])))
+        out = self.transform(*inputs)
+        item = {"image": out[0].as_subclass(torch.Tensor), "mask": out[1].as_subclass(torch.Tensor).long(),
                 "index": j}
+        if self.coords:
+            item["coords"] = out[2].as_subclass(torch.Tensor).permute(1, 2, 0).contiguous()
         if self.labels is not None:
             item["labels"] = torch.from_numpy(self.labels[j]).float()
+        if self.extras is not None:
+            item.update(self.extras(j))
         return item
+
+
+def pixel_coords(h: int, w: int) -> torch.Tensor:
+    """(2, h, w) float32: x and y of every pixel centre in [-1, 1] (``align_corners=False`` convention)."""
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1
+    return torch.stack([xs.expand(h, w), ys[:, None].expand(h, w)])

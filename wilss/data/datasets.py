@@ -8,10 +8,10 @@ with the MiB rule, and refuses empty splits. The trainers then build torch datas
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

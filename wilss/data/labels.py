@@ -46,3 +46,16 @@ def eval_lut(task: Task, step: int) -> np.ndarray:
         lut[c] = FUTURE
     lut[IGNORE] = IGNORE
     return lut
+
+
+def image_labels(present: np.ndarray, task: Task, step: int) -> np.ndarray:
+    """Image-level labels of a weak step: (N, n_seen) float32, 1 where a new class of ``step`` is present.
+
+    ``present`` is the (N, n_raw) class-presence matrix. Only new classes are labelled (WILSS: the
+    labels of step t name C^t only); channel = task-order index, as in the logits.
+    """
+    out = np.zeros((len(present), task.n_seen(step)), dtype=np.float32)
+    index = {c: i for i, c in enumerate(task.order)}
+    for c in task.new(step):
+        out[:, index[c]] = present[:, c]
+    return out
