@@ -9,6 +9,7 @@ writes a checkpoint and one result row (atomically); a rerun into the same folde
 from __future__ import annotations
 
 import copy
+import json
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from wilss import engine
+from wilss.artifacts import StepStore, step_key
+from wilss.atomic import write_text
 from wilss.config import Config, validate
 from wilss.data import labels, splits
 from wilss.data.dataset import SegmentationDataset
@@ -81,10 +84,16 @@ def test_loader(cfg: Config, data: PreparedData, step: int) -> DataLoader:
 
 
 def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str = "",
-                 progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
-    """Run every step of ``cfg``'s task into ``out``; returns the result rows (one per step)."""
+                 store: StepStore | str | Path | None = None, progress: bool = True,
+                 log: Callable[[str], None] = print) -> list[dict]:
+    """Run every step of ``cfg``'s task into ``out``; returns the result rows (one per step).
+
+    store: a shared ``StepStore`` folder; a step whose artifact (keyed by the config that determines
+    it) is there is loaded instead of trained, and a step built here is published there.
+    """
     validate(cfg)
     paths = RunPaths(Path(out))
+    store = StepStore(store) if isinstance(store, (str, Path)) else store
     device = engine.resolve_device(cfg.train.device)
     cache_dir = Path(cfg.data.cache_dir or paths.cache)
     data = prepare(cfg.data, cache_dir, progress=progress)
@@ -96,12 +105,12 @@ def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str
         f"train images per step {[len(s) for s in data.train_splits]}, device {device}")
 
     rows, model = [], None
+    ids = {"sweep": sweep, "trial_id": trial_id}
     for step in steps:
         seed_everything(cfg.train.seed * 1000 + step)
         t0 = time.perf_counter()
-        first = method.joint or step == 0
         prev_model = None
-        if first:
+        if method.joint or step == 0:
             model = method.create_model(cfg, step_sizes(data, task.n_steps - 1 if method.joint else 0))
         else:
             prev_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -109,36 +118,71 @@ def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str
         model.to(device)
         meta = {"dataset": cfg.data.dataset, "task": task.name, "overlap": cfg.data.overlap, "step": step,
                 "method": cfg.method, "n_classes": model.n_classes}
-        if paths.result(step).is_file() and paths.checkpoint(step).is_file():
-            _, extra = engine.load_checkpoint(paths.checkpoint(step), model, expect=meta)
-            method.restore(extra)
-            rows.append(pd.read_parquet(paths.result(step)).iloc[0].to_dict())
-            log(f"step {step}: already done in {paths.out}, loaded its checkpoint")
-            continue
+        key = step_key(cfg, step, method.sections, method.step0_keys)
+
+        if paths.result(step).is_file():  # this run finished the step before: resume
+            done = paths.checkpoint(step) if paths.checkpoint(step).is_file() else None
+            if done is None and store is not None and store.get(key):
+                done = store.get(key) / "checkpoint.pt"
+            if done is not None:
+                _, state = engine.load_checkpoint(done, model, expect=meta)
+                method.restore(state)
+                rows.append(pd.read_parquet(paths.result(step)).iloc[0].to_dict())
+                log(f"step {step}: already done in {paths.out}, loaded its checkpoint")
+                continue
 
         ctx = StepContext(cfg, task, step, model, prev_model.to(device) if prev_model else None, device,
                           data=data, cache_dir=cache_dir, log=log)
-        method.begin_step(ctx)
-        loader = train_loader(method, ctx)
-        epochs, lr = (cfg.train.epochs, cfg.train.lr) if first else (cfg.train.epochs_next, cfg.train.lr_next)
-        log(f"step {step}: classes {list(task.new(step)) if not method.joint else 'all'}, "
-            f"{len(loader.dataset)} images, {epochs} epochs")
-        losses = engine.fit(method, ctx, loader, epochs, lr, cfg.train, log=log)
-        extra_cols = method.end_step(ctx)
-        t_train = time.perf_counter() - t0
-
-        ev = engine.evaluate(model, test_loader(cfg, data, step), task.n_seen(step), method.predict, device,
-                             cfg.train.amp)
-        metrics = step_metrics(ev, 1 + len(task.new(0)), data.class_names[: task.n_seen(step)],
-                               cfg.eval.future_classes, cfg.eval.average)
-        t_step = time.perf_counter() - t0
-        engine.save_checkpoint(paths.checkpoint(step), model, meta, method.state())
-        row = make_row(cfg, step=step, metrics=metrics, sweep=sweep, trial_id=trial_id, device=str(device),
-                       timings={"step_s": t_step, "train_s": t_train, "eval_s": t_step - t_train},
-                       extra={f"loss.{k}": v for k, v in losses.items()} | {"n_train_images": len(loader.dataset)}
-                       | extra_cols | ctx.stats)
+        if store is None:
+            row = _train_step(method, ctx, paths.checkpoint(step), meta, t0)
+        else:
+            with store.lock(key):  # another process building this artifact: wait for it
+                if store.get(key):
+                    row = _reuse_step(method, ctx, store.get(key), meta, t0)
+                else:
+                    with store.publish(key) as tmp:
+                        row = _train_step(method, ctx, tmp / "checkpoint.pt", meta, t0)
+                        write_text(tmp / "row.json", json.dumps(row))
+            row = row | {"cache.step_key": key}
+        row = make_row(cfg, step=step, metrics={}, device=str(device), timings={}, **ids) | row
         write_row(row, paths.result(step))
         rows.append(row)
-        log(f"step {step}: mIoU all {metrics['miou_all']:.3f}  old {metrics['miou_old']:.3f}  "
-            f"new {metrics['miou_new']:.3f}  ({t_step:.0f}s)")
     return rows
+
+
+def _train_step(method: Method, ctx: StepContext, checkpoint: Path, meta: dict, t0: float) -> dict:
+    """Train and evaluate one step, save its checkpoint; returns its measured columns (metrics, losses,
+    timings, the method's own columns), which a reused artifact carries to other runs."""
+    cfg, task, step, data = ctx.cfg, ctx.task, ctx.step, ctx.data
+    method.begin_step(ctx)
+    loader = train_loader(method, ctx)
+    first = method.joint or step == 0
+    epochs, lr = (cfg.train.epochs, cfg.train.lr) if first else (cfg.train.epochs_next, cfg.train.lr_next)
+    ctx.log(f"step {step}: classes {list(task.new(step)) if not method.joint else 'all'}, "
+            f"{len(loader.dataset)} images, {epochs} epochs")
+    losses = engine.fit(method, ctx, loader, epochs, lr, cfg.train, log=ctx.log)
+    extra_cols = method.end_step(ctx)
+    t_train = time.perf_counter() - t0
+
+    ev = engine.evaluate(ctx.model, test_loader(cfg, data, step), task.n_seen(step), method.predict, ctx.device,
+                         cfg.train.amp)
+    metrics = step_metrics(ev, 1 + len(task.new(0)), data.class_names[: task.n_seen(step)],
+                           cfg.eval.future_classes, cfg.eval.average)
+    t_step = time.perf_counter() - t0
+    engine.save_checkpoint(checkpoint, ctx.model, meta, method.state())
+    ctx.log(f"step {step}: mIoU all {metrics['miou_all']:.3f}  old {metrics['miou_old']:.3f}  "
+            f"new {metrics['miou_new']:.3f}  ({t_step:.0f}s)")
+    return (metrics | {f"time.{k}": v for k, v in {"step_s": t_step, "train_s": t_train,
+                                                  "eval_s": t_step - t_train}.items()}
+            | {f"loss.{k}": v for k, v in losses.items()} | {"n_train_images": len(loader.dataset)}
+            | extra_cols | ctx.stats | {"cache.step_hit": False})
+
+
+def _reuse_step(method: Method, ctx: StepContext, artifact: Path, meta: dict, t0: float) -> dict:
+    """Load a step another run built; its measured columns come with it."""
+    _, state = engine.load_checkpoint(artifact / "checkpoint.pt", ctx.model, expect=meta)
+    method.restore(state)
+    built = json.loads((artifact / "row.json").read_text())
+    ctx.log(f"step {ctx.step}: reused the shared artifact {artifact.name} (mIoU all {built['miou_all']:.3f})")
+    return built | {"cache.step_hit": True, "time.build_s": built.get("time.step_s", float("nan")),
+                    "time.step_s": time.perf_counter() - t0}

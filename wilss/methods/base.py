@@ -81,6 +81,10 @@ class Method:
     joint = False
     # Steps > 0 see image-level labels only (weakly incremental): items carry ``labels``.
     weak = False
+    # Config sections the method reads (beyond data/model/train/eval), and which of their keys step 0
+    # already depends on: together they decide which runs can share a step (``wilss.artifacts``).
+    sections: tuple[str, ...] = ()
+    step0_keys: tuple[str, ...] = ()
 
     def create_model(self, cfg: Config, step_sizes: list[int]) -> nn.Module:
         from wilss.models import create_student
