@@ -72,6 +72,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from wilss.config import to_json
 
     cfg = _build_config(args)
+    if args.workers < 0:
+        raise WilssError(f"--workers must be >= 0, got {args.workers}")
     out = Path(args.out)
     config_file = out / "config.json"
     if config_file.is_file() and config_file.read_text() != to_json(cfg):
@@ -83,9 +85,15 @@ def _cmd_run(args: argparse.Namespace) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_text(config_file, to_json(cfg))
-        from wilss.protocol import run_protocol
+        log = (lambda m: None) if args.quiet else print
+        if args.workers > 0:  # each step on a Ray Train worker group (wilss.launch)
+            from wilss.launch.train import run_distributed
 
-        rows = run_protocol(cfg, out, progress=not args.quiet, log=(lambda m: None) if args.quiet else print)
+            rows = run_distributed(cfg, out, args.workers, log=log)
+        else:
+            from wilss.protocol import run_protocol
+
+            rows = run_protocol(cfg, out, progress=not args.quiet, log=log)
     except (WilssError, KeyboardInterrupt):
         if created:  # a run that failed on bad input leaves no folder behind
             shutil.rmtree(out, ignore_errors=True)
@@ -125,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_splits)
 
-    for name, fn, help_ in [("run", _cmd_run, "run the whole incremental protocol in-process"),
+    for name, fn, help_ in [("run", _cmd_run, "run the whole incremental protocol (in-process, or on Ray "
+                                               "Train workers with --workers N)"),
                             ("config", _cmd_config, "print the flat config of a preset with overrides")]:
         r = sub.add_parser(name, help=help_)
         r.add_argument("--preset", default="synthetic", help="synthetic (default), voc, ade or coco-voc")
@@ -135,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             r.add_argument("--out", required=True, help="output folder (results, checkpoints, cache)")
             r.add_argument("--quiet", action="store_true", help="only the final table")
+            r.add_argument("--workers", type=int, default=0,
+                           help="run each step on N Ray Train workers (DDP: gloo on CPU, nccl on GPU); "
+                                "0 = in this process (default). Attaches to $RAY_ADDRESS, else a local Ray")
         r.set_defaults(fn=fn)
     return p
 

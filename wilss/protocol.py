@@ -4,6 +4,11 @@ At step t the student grows one classifier, the step t-1 model is kept frozen in
 method to distil from, and the step's images come from the split rule. After each step the protocol
 writes a checkpoint and one result row (atomically); a rerun into the same folder skips finished steps.
 ``joint`` is a single step over every class and image, recorded as the task's last step.
+
+``run_protocol`` walks the steps in one process, keeping the model in memory. ``run_step`` runs ONE
+step starting from the previous step's checkpoint file: the unit a launcher schedules (``wilss.launch``
+runs it inside a Ray Tune trial or on every worker of a Ray Train group; under ``torch.distributed``
+the loaders shard the data and the engine averages gradients and metrics).
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from wilss.atomic import write_text
 from wilss.config import Config, validate
 from wilss.data import labels, splits
 from wilss.data.dataset import SegmentationDataset
-from wilss.data.datasets import PreparedData, prepare
+from wilss.data.datasets import PreparedData, default_cache_dir, prepare
+from wilss.data.tasks import get_task
 from wilss.data.transforms import eval_transform
+from wilss.errors import WilssError
 from wilss.methods import Method, StepContext, create_method
 from wilss.metrics import step_metrics
 from wilss.results import make_row, write_row
@@ -58,10 +65,17 @@ def seed_everything(seed: int) -> None:
 
 
 def _loader(dataset, batch_size: int, train: bool, workers: int, seed: int) -> DataLoader:
+    """One process: the whole dataset. Under torch.distributed: this rank's shard, and the batch is
+    the global one split over the ranks (so the number of iterations and the lr schedule do not
+    depend on the number of workers)."""
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) >= batch_size,
-                      num_workers=workers, generator=g, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+    sampler = engine.shard_sampler(dataset, train, seed)
+    if sampler is not None:
+        batch_size = max(1, -(-batch_size // engine.world()[1]))
+    n = len(sampler) if sampler is not None else len(dataset)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      drop_last=train and n >= batch_size, num_workers=workers, generator=g,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
 
 def step_sizes(data: PreparedData, upto: int) -> list[int]:
@@ -81,6 +95,53 @@ def test_loader(cfg: Config, data: PreparedData, step: int) -> DataLoader:
                              eval_transform(cfg.eval.mode, cfg.eval.size))
     batch = cfg.eval.batch_size if cfg.eval.mode == "crop" else 1  # full images differ in size
     return _loader(ds, batch, False, cfg.data.loader_workers, 0)
+
+
+def step_meta(cfg: Config, step: int, n_classes: int) -> dict:
+    """What a step's checkpoint records about the run, checked when it is loaded."""
+    return {"dataset": cfg.data.dataset, "task": get_task(cfg.data.dataset, cfg.data.task).name,
+            "overlap": cfg.data.overlap, "step": step, "method": cfg.method, "n_classes": n_classes}
+
+
+def run_step(cfg: Config, step: int, checkpoint: Path | None, *, previous: Path | None = None,
+             data: PreparedData | None = None, device: torch.device | str | None = None,
+             cache_dir: str | Path | None = None, progress: bool = False, log: Callable[[str], None] = print,
+             on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    """Train and evaluate step ``step`` of ``cfg``'s task, starting from ``previous`` (the checkpoint
+    of step ``step - 1``; None at step 0 and for a joint method); save the result to ``checkpoint``
+    (None: do not save, e.g. on ranks > 0). Returns the step's measured columns, as ``run_protocol``
+    records them (metrics, losses, timings, the method's columns, ``device``).
+
+    The same seeds as ``run_protocol``, so a protocol run step by step from checkpoints trains the
+    same models.
+    """
+    t0 = time.perf_counter()
+    validate(cfg)
+    device = torch.device(device) if device is not None else engine.resolve_device(cfg.train.device)
+    cache_dir = Path(cache_dir or cfg.data.cache_dir or default_cache_dir())
+    data = data or prepare(cfg.data, cache_dir, progress=progress)
+    method = create_method(cfg.method)
+    task = data.task
+    first = method.joint or step == 0
+    if first != (previous is None):
+        raise WilssError(f"step {step} of {cfg.method} " + ("starts from no checkpoint" if first else
+                         "needs the checkpoint of the step before"))
+    prev_model = None
+    if first:
+        seed_everything(cfg.train.seed * 1000 + step)
+        model = method.create_model(cfg, step_sizes(data, task.n_steps - 1 if method.joint else 0))
+    else:
+        model = method.create_model(cfg, step_sizes(data, step - 1))
+        _, state = engine.load_checkpoint(Path(previous), model, expect=step_meta(cfg, step - 1, model.n_classes))
+        method.restore(state)
+        seed_everything(cfg.train.seed * 1000 + step)  # as run_protocol: the new head's init follows
+        prev_model = copy.deepcopy(model).eval().requires_grad_(False)
+        model.add_head(len(task.new(step)))
+    model.to(device)
+    ctx = StepContext(cfg, task, step, model, prev_model.to(device) if prev_model else None, device,
+                      data=data, cache_dir=cache_dir, log=log)
+    cols = _train_step(method, ctx, checkpoint, step_meta(cfg, step, model.n_classes), t0, on_epoch=on_epoch)
+    return cols | {"device": str(device)}
 
 
 def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str = "",
@@ -116,8 +177,7 @@ def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str
             prev_model = copy.deepcopy(model).eval().requires_grad_(False)
             model.add_head(len(task.new(step)))
         model.to(device)
-        meta = {"dataset": cfg.data.dataset, "task": task.name, "overlap": cfg.data.overlap, "step": step,
-                "method": cfg.method, "n_classes": model.n_classes}
+        meta = step_meta(cfg, step, model.n_classes)
         key = step_key(cfg, step, method.sections, method.step0_keys)
 
         if paths.result(step).is_file():  # this run finished the step before: resume
@@ -150,9 +210,10 @@ def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str
     return rows
 
 
-def _train_step(method: Method, ctx: StepContext, checkpoint: Path, meta: dict, t0: float) -> dict:
-    """Train and evaluate one step, save its checkpoint; returns its measured columns (metrics, losses,
-    timings, the method's own columns), which a reused artifact carries to other runs."""
+def _train_step(method: Method, ctx: StepContext, checkpoint: Path | None, meta: dict, t0: float,
+                on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    """Train and evaluate one step, save its checkpoint (unless None); returns its measured columns
+    (metrics, losses, timings, the method's own columns), which a reused artifact carries to other runs."""
     cfg, task, step, data = ctx.cfg, ctx.task, ctx.step, ctx.data
     method.begin_step(ctx)
     loader = train_loader(method, ctx)
@@ -160,7 +221,7 @@ def _train_step(method: Method, ctx: StepContext, checkpoint: Path, meta: dict, 
     epochs, lr = (cfg.train.epochs, cfg.train.lr) if first else (cfg.train.epochs_next, cfg.train.lr_next)
     ctx.log(f"step {step}: classes {list(task.new(step)) if not method.joint else 'all'}, "
             f"{len(loader.dataset)} images, {epochs} epochs")
-    losses = engine.fit(method, ctx, loader, epochs, lr, cfg.train, log=ctx.log)
+    losses = engine.fit(method, ctx, loader, epochs, lr, cfg.train, log=ctx.log, on_epoch=on_epoch)
     extra_cols = method.end_step(ctx)
     t_train = time.perf_counter() - t0
 
@@ -169,7 +230,8 @@ def _train_step(method: Method, ctx: StepContext, checkpoint: Path, meta: dict, 
     metrics = step_metrics(ev, 1 + len(task.new(0)), data.class_names[: task.n_seen(step)],
                            cfg.eval.future_classes, cfg.eval.average)
     t_step = time.perf_counter() - t0
-    engine.save_checkpoint(checkpoint, ctx.model, meta, method.state())
+    if checkpoint is not None:
+        engine.save_checkpoint(checkpoint, ctx.model, meta, method.state())
     ctx.log(f"step {step}: mIoU all {metrics['miou_all']:.3f}  old {metrics['miou_old']:.3f}  "
             f"new {metrics['miou_new']:.3f}  ({t_step:.0f}s)")
     return (metrics | {f"time.{k}": v for k, v in {"step_s": t_step, "train_s": t_train,

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from wilss.errors import ConfigError
 from wilss.methods.base import Method, StepContext
+from wilss.methods.dkd import DKD, DKDM
 from wilss.methods.finetune import Finetune, Joint
+from wilss.methods.fmwiss import FMWISS
+from wilss.methods.mib import MiB
+from wilss.methods.wilson import WILSON
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -21,6 +25,11 @@ def register(cls: type[Method]) -> type[Method]:
 
 register(Finetune)
 register(Joint)
+register(DKD)
+register(DKDM)
+register(MiB)
+register(WILSON)
+register(FMWISS)
 
 
 def create_method(name: str) -> Method:

@@ -2,6 +2,10 @@
 
 Layout of the output channels: ``heads[0]`` predicts background + the step-0 classes, ``heads[t]``
 the classes step t adds; logits are their concatenation, in task order (channel = task-order index).
+Options for DKD (METHOD.md §3.1), both off by default: ``aux_classifier`` makes channel 0 a separate
+1-channel classifier on *detached* features (the auxiliary classifier, in place of a background
+channel; ``heads[0]`` is then that classifier and ``heads[1]`` the step-0 classes), and ``last_conv``
+adds a 3x3 conv-BN-ReLU after the ASPP.
 Backbones: torchvision ResNet-101/50/18 (ImageNet weights via torchvision when they can be had, or a
 local file) and ``resnet-tiny``, a narrow dilated ResNet for CPU presets (``wilss.models.tiny``).
 """
@@ -85,14 +89,24 @@ class Student(nn.Module):
     """DeepLabV3: backbone -> ASPP -> per-step 1x1 classifiers -> bilinear upsampling."""
 
     def __init__(self, backbone: nn.Module, backbone_channels: int, step_sizes: list[int],
-                 aspp_channels: int = 256, output_stride: int = 16):
+                 aspp_channels: int = 256, output_stride: int = 16, aux_classifier: bool = False,
+                 last_conv: bool = False):
         super().__init__()
         rates = [6, 12, 18] if output_stride == 16 else [12, 24, 36]
         self.backbone = backbone
         self.aspp = ASPP(backbone_channels, rates, aspp_channels)  # conv-BN-ReLU + dropout 0.5 inside
+        # DKD's extra 3x3 conv after the ASPP projection; Identity (no parameters) otherwise.
+        self.last_conv = nn.Identity()
+        if last_conv:
+            self.last_conv = nn.Sequential(nn.Conv2d(aspp_channels, aspp_channels, 3, padding=1, bias=False),
+                                           nn.BatchNorm2d(aspp_channels), nn.ReLU(inplace=True))
         self.heads = nn.ModuleList()
         self.aspp_channels = aspp_channels
-        for n in step_sizes:
+        self.aux_classifier = aux_classifier
+        for i, n in enumerate(step_sizes):
+            if i == 0 and aux_classifier:  # the "+1" of step 0 is the auxiliary channel
+                self.add_head(1)
+                n -= 1
             self.add_head(n)
 
     @property
@@ -112,10 +126,16 @@ class Student(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> ASPP features (B, aspp_channels, H/os, W/os)."""
-        return self.aspp(self.encode(x))
+        return self.head_features(self.encode(x))
+
+    def head_features(self, e: torch.Tensor) -> torch.Tensor:
+        """Backbone features (B, C, h, w) -> ASPP (+ last conv) features (B, aspp_channels, h, w)."""
+        return self.last_conv(self.aspp(e))
 
     def classify(self, f: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) -> logits (B, n_classes, h, w), without upsampling."""
+        if self.aux_classifier:  # no gradient from the auxiliary classifier into the features
+            return torch.cat([self.heads[0](f.detach()), *[h(f) for h in self.heads[1:]]], dim=1)
         return torch.cat([h(f) for h in self.heads], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +144,7 @@ class Student(nn.Module):
                              align_corners=False)
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.aspp.parameters(), *self.heads.parameters()]
+        return [*self.aspp.parameters(), *self.last_conv.parameters(), *self.heads.parameters()]
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:

@@ -1,0 +1,135 @@
+"""The Tune trial: one (config, seed) incremental run, walking its task's steps (RAY.md §5.1).
+
+The trial is the driver of its steps. With ``workers == 0`` it trains each step in its own process
+(the trial actor holds the CPUs or GPU it trains with): the fast path on a laptop, where local-mode
+Train cannot run inside Tune (RAY.md P18). With ``workers >= 1`` it holds no CPU (a sliver of the
+``TRAIN_DRIVER`` resource) and runs each step as one ``TorchTrainer.fit()`` on that many workers.
+
+Either way, steps whose row and artifact exist are skipped (a restored trial picks up where it
+stopped), a step another trial built is reused (``wilss.launch.steps``), and the trial reports once
+per step to Tune: ``inc_step`` (monotonic across the trial's tasks), the step's metric, and
+``objective`` (the latest metric of each task, averaged over the trial's tasks).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wilss.artifacts import StepStore
+from wilss.config import Config, override
+from wilss.data.tasks import get_task
+from wilss.launch.steps import RowSink, run_steps
+from wilss.launch.storage import Storage, log_dir, read_row_at, row_path, write_row_at
+from wilss.methods import create_method
+
+METRICS = ("miou_all", "miou_old", "miou_new", "miou_old_nobg", "miou_all_nobg", "hiou")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything a trial needs besides its own parameters."""
+
+    name: str
+    base: Config
+    storage: str  # Storage.uri
+    artifacts: str  # StepStore folder (POSIX; shared by the nodes for cross-node reuse)
+    workers: int = 0  # 0: train in the trial process; N: Ray Train with N workers per step
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0  # workers == 0
+    cpus_per_worker: float = 1.0  # workers >= 1
+    tasks: tuple[str, ...] = ()  # objective over several tasks: every trial walks all of them
+    metric: str = "miou_all"
+    mode: str = "max"
+    objective: str = "per-task"  # or "mean"
+
+    def trial_tasks(self, cfg: Config) -> tuple[str, ...]:
+        return self.tasks if self.objective == "mean" and self.tasks else (cfg.data.task,)
+
+
+def n_reports(cfg: Config, tasks: tuple[str, ...]) -> int:
+    """How many step reports a trial makes (its steps over all its tasks)."""
+    joint = create_method(cfg.method).joint
+    return sum(1 if joint else get_task(cfg.data.dataset, t).n_steps for t in tasks)
+
+
+def trial_main(params: dict, spec: SweepSpec) -> None:
+    """The Tune function trainable (wrapped with ``tune.with_parameters(..., spec=...)``)."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    storage, store = Storage(spec.storage), StepStore(spec.artifacts)
+    cfg = override(spec.base, params)
+    tasks = spec.trial_tasks(cfg)
+    logs = log_dir(storage, spec.name)
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{trial_id}.log", "a", buffering=1) as logfile:
+
+        def log(msg: str) -> None:
+            logfile.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+
+        _walk(spec, params, cfg, tasks, storage, store, trial_id, log)
+
+
+def _walk(spec: SweepSpec, params: dict, cfg: Config, tasks: tuple[str, ...], storage: Storage, store: StepStore,
+          trial_id: str, log) -> None:
+    import torch
+    from ray import tune
+
+    from wilss.launch.cluster import node_columns
+
+    here = node_columns()
+    tags = {"ray.trial_node_id": here["ray.node_id"], "ray.trial_node_ip": here["ray.node_ip"],
+            "ray.workers": spec.workers}
+    if spec.workers == 0:
+        torch.set_num_threads(max(1, int(spec.cpus_per_trial)))
+    total, latest, inc = n_reports(cfg, tasks), {}, 0
+    log(f"trial {trial_id} of {spec.name}: {params} on {here['ray.node_ip']}, tasks {list(tasks)}")
+    try:
+        for task in tasks:
+            tcfg = override(cfg, {"data.task": task}) if task != cfg.data.task else cfg
+            name = get_task(tcfg.data.dataset, task).name
+
+            def on_row(row: dict, resumed: bool, task=name) -> None:
+                nonlocal inc
+                inc += 1
+                latest[task] = float(row[spec.metric])
+                tune.report({"inc_step": inc, "task": task, "step": int(row["step"]), spec.metric: latest[task],
+                             "objective": sum(latest.values()) / len(latest), "resumed": resumed,
+                             "step_hit": bool(row.get("cache.step_hit", False)), "final": inc == total})
+
+            sink = RowSink(
+                read=lambda t, task=name: read_row_at(storage, row_path(storage, spec.name, task, trial_id, t)),
+                write=lambda t, row, task=name: write_row_at(storage, row_path(storage, spec.name, task,
+                                                                                trial_id, t), row))
+            run_steps(tcfg, _builder(spec, storage, trial_id, name, log), sink, store,
+                      ids={"sweep": spec.name, "trial_id": trial_id}, extra=lambda: tags, on_row=on_row, log=log)
+    except Exception as e:
+        log(f"failed: {type(e).__name__}: {e}")
+        raise
+
+
+def _builder(spec: SweepSpec, storage: Storage, trial_id: str, task: str, log):
+    """How this trial builds a step: in its own process, or on a Ray Train worker group."""
+    if spec.workers == 0:
+        from wilss.launch.cluster import node_columns
+        from wilss.protocol import run_step
+
+        def build(cfg: Config, step: int, previous: Path | None, checkpoint: Path) -> dict:
+            return run_step(cfg, step, checkpoint, previous=previous, log=log) | node_columns()
+
+        return build
+
+    from wilss.launch.train import TrainSpec, train_step
+
+    tspec = TrainSpec(workers=spec.workers, storage_path=storage.uri_of("ray"), use_gpu=spec.gpus_per_trial > 0,
+                      cpus_per_worker=spec.cpus_per_worker,
+                      gpus_per_worker=spec.gpus_per_trial / spec.workers if spec.gpus_per_trial else 0.0)
+
+    def build(cfg: Config, step: int, previous: Path | None, checkpoint: Path) -> dict:
+        name = f"{spec.name}-train/{trial_id}/{task}/step{step}"
+        log(f"step {step}: Ray Train run {name} on {spec.workers} workers")
+        return train_step(cfg, step, previous, checkpoint, spec=tspec, name=name)
+
+    return build
