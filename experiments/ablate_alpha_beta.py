@@ -11,12 +11,12 @@ shared by all trials.
 
 import sys
 
-from wilss.launch.experiment import Experiment, main
+from wilss.launch.experiment import SYNTHETIC_FMWISS, Experiment, main
 
 EXPERIMENT = Experiment(
     name="ablate_alpha_beta", doc=__doc__,
     grid={"fmwiss.alpha": [0.25, 0.5, 0.75], "fmwiss.beta": [0.7, 0.9, 1.0]},
-    synthetic={"train.epochs_next": 4, "fmwiss.warmup_epochs": 1},
+    synthetic=SYNTHETIC_FMWISS,
 )
 
 if __name__ == "__main__":

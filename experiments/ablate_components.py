@@ -11,12 +11,12 @@ shared by all trials.
 
 import sys
 
-from wilss.launch.experiment import Experiment, main
+from wilss.launch.experiment import SYNTHETIC_FMWISS, Experiment, main
 
 EXPERIMENT = Experiment(
     name="ablate_components", doc=__doc__,
     grid={"fmwiss.teacher": [True, False], "fmwiss.dcl": [True, False], "fmwiss.copy_paste": [True, False]},
-    synthetic={"train.epochs_next": 4, "fmwiss.warmup_epochs": 1},
+    synthetic=SYNTHETIC_FMWISS,
 )
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ Grid: pseudo.fusion in {union, intersection, none} x tasks x seeds; step 0 is sh
 
 import sys
 
-from wilss.launch.experiment import Experiment, main
+from wilss.launch.experiment import SYNTHETIC_FMWISS, Experiment, main
 
 EXPERIMENT = Experiment(
     name="ablate_fusion", doc=__doc__, grid={"pseudo.fusion": ["union", "intersection", "none"]},
-    synthetic={"train.epochs_next": 4, "fmwiss.warmup_epochs": 1},
+    synthetic=SYNTHETIC_FMWISS,
 )
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ Grid: fmwiss.lambda_dcl in {0, 0.01, 0.1, 0.5, 1} x tasks x seeds; step 0 is sha
 
 import sys
 
-from wilss.launch.experiment import Experiment, main
+from wilss.launch.experiment import SYNTHETIC_FMWISS, Experiment, main
 
 EXPERIMENT = Experiment(
     name="ablate_lambda", doc=__doc__, grid={"fmwiss.lambda_dcl": [0.0, 0.01, 0.1, 0.5, 1.0]},
-    synthetic={"train.epochs_next": 4, "fmwiss.warmup_epochs": 1},
+    synthetic=SYNTHETIC_FMWISS,
 )
 
 if __name__ == "__main__":

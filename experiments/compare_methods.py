@@ -11,12 +11,12 @@ use a method's paper preset, e.g. --preset voc-dkd, to run it with its own setti
 
 import sys
 
-from wilss.launch.experiment import Experiment, main
+from wilss.launch.experiment import SYNTHETIC_FMWISS, Experiment, main
 from wilss.methods import METHODS
 
 EXPERIMENT = Experiment(
     name="compare_methods", doc=__doc__, grid={"method": sorted(METHODS)}, methods_flag=True,
-    synthetic={"train.epochs_next": 4, "fmwiss.warmup_epochs": 1},
+    synthetic=SYNTHETIC_FMWISS,
 )
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ does not take) stop the script before any trial starts.
 
 import sys
 
-from wilss.launch.experiment import Experiment, main
+from wilss.launch.experiment import SYNTHETIC_FMWISS, Experiment, main
 from wilss.launch.space import PAPER_SPACE
 
 EXPERIMENT = Experiment(
     name="sweep", doc=__doc__, space=PAPER_SPACE, trials=12,
-    synthetic={"train.epochs_next": 4, "fmwiss.warmup_epochs": 1},
+    synthetic=SYNTHETIC_FMWISS,
 )
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wilss.artifacts import StepStore, step_key
-from wilss.config import override, preset
+from wilss.config import override
+from wilss.presets import preset
 from wilss.protocol import run_protocol
 
 FAST = {"data.crop_size": 32, "eval.size": 32, "train.epochs": 1, "train.epochs_next": 1,
@@ -48,3 +49,10 @@ def test_runs_share_step0_through_the_store(small_synthetic, tmp_path):
     assert b[0]["train.lr_next"] == 1e-4  # the row holds the run's own config
     assert any("reused the shared artifact" in m for m in logs)
     assert b[0]["cache.step_key"] == a[0]["cache.step_key"] != b[1]["cache.step_key"]
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    from wilss import atomic
+
+    atomic.write_text(tmp_path / "f.txt", "x")  # not mkstemp's 0600
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK

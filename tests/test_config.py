@@ -1,7 +1,8 @@
 import pytest
 
-from wilss.config import Config, flatten, override, parse_assignments, preset
+from wilss.config import Config, flatten, override, parse_assignments
 from wilss.errors import ConfigError
+from wilss.presets import preset
 
 
 def test_flat_names_round_trip():

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from wilss.config import FoundationConfig, PseudoConfig, override, preset
+from wilss.config import FoundationConfig, PseudoConfig, override
 from wilss.data.copypaste import CopyPasteMemory
-from wilss.methods.fmwiss import onehot_bce, sample_into_crop
+from wilss.methods.fmwiss import sample_into_crop
+from wilss.presets import preset
 from wilss.protocol import run_protocol
 
 FAST = {"data.crop_size": 32, "eval.size": 32, "train.epochs": 1, "train.epochs_next": 2,
@@ -102,13 +103,6 @@ def test_sample_into_crop_follows_coords():
     flipped = coords.clone()
     flipped[..., 0] = -flipped[..., 0]
     assert torch.equal(sample_into_crop(maps, flipped), up.flip(-1))
-
-
-def test_onehot_bce_ignores_void():
-    logits = torch.zeros(1, 2, 1, 2)
-    target = torch.tensor([[[1, 255]]])
-    # one valid pixel, two channels, each BCE(0, y) = log 2
-    assert onehot_bce(logits, target).item() == pytest.approx(np.log(2))
 
 
 def test_real_architectures_run_the_pseudo_label_pipeline(tmp_path):

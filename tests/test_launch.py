@@ -12,13 +12,14 @@ import pyarrow.dataset as ds
 import pytest
 
 from wilss.artifacts import StepStore
-from wilss.config import override, preset
+from wilss.config import override
 from wilss.errors import ConfigError, WilssError
 from wilss.launch import space as sp
 from wilss.launch.steps import RowSink, run_steps
 from wilss.launch.storage import Storage, partition_schema, read_row_at, read_rows, row_path, write_row_at
 from wilss.launch.sweep import Search, fits, plan, run_sweep
 from wilss.launch.trial import SweepSpec
+from wilss.presets import preset
 from wilss.protocol import run_step
 
 ROOT = Path(__file__).resolve().parents[1]

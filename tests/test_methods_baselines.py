@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from wilss.config import override, preset
+from wilss.config import override
 from wilss.data.tasks import Task, get_task
 from wilss.methods import StepContext, create_method
 from wilss.methods.dkd import build_memory, is_bn
+from wilss.presets import preset
 from wilss.protocol import run_protocol
 
 SMALL = {"model.aspp_channels": 16, "model.pretrained": ""}

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from wilss.cli import main
-from wilss.config import override, preset
+from wilss.config import override
+from wilss.presets import preset
 from wilss.protocol import run_protocol
 from wilss.results import read_rows
 

@@ -1,4 +1,4 @@
-"""The ``wilss`` command line: ``tasks``, ``splits``, ``config`` and ``run``.
+"""The ``wilss`` command line: ``tasks``, ``splits``, ``config``, ``run`` and ``cache build``.
 
 Bad input (a ``WilssError``) prints one line ``wilss: error: <problem and fix>`` to stderr and exits
 with status 2; nothing is left half-written.
@@ -29,8 +29,9 @@ def _cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def _cmd_splits(args: argparse.Namespace) -> None:
-    from wilss.config import override, preset
+    from wilss.config import override
     from wilss.data.datasets import default_cache_dir, prepare
+    from wilss.presets import preset
 
     cfg = override(preset("synthetic"), {"data.dataset": args.dataset, "data.root": args.root or "",
                                          "data.task": args.task, "data.overlap": args.overlap,
@@ -50,7 +51,8 @@ def _cmd_splits(args: argparse.Namespace) -> None:
 
 
 def _build_config(args: argparse.Namespace):
-    from wilss.config import override, parse_assignments, preset
+    from wilss.config import override, parse_assignments
+    from wilss.presets import preset
 
     updates = {}
     if getattr(args, "method", None):
@@ -104,6 +106,29 @@ def _cmd_run(args: argparse.Namespace) -> None:
     print(f"results: {out / 'results'} (Parquet, one row per step)")
 
 
+def _cmd_cache_build(args: argparse.Namespace) -> None:
+    """Precompute the foundation evidence (and class-text embeddings) of every weak step's images."""
+    import numpy as np
+
+    from wilss.data.datasets import DATASETS, default_cache_dir, prepare
+    from wilss.engine import resolve_device
+    from wilss.foundation import FoundationEvidence
+
+    cfg = _build_config(args)
+    cache_dir = Path(args.cache_dir or cfg.data.cache_dir or default_cache_dir())
+    data = prepare(cfg.data, cache_dir, progress=not args.quiet)
+    weak = range(1, data.task.n_steps)
+    if not weak:
+        raise WilssError(f"task {cfg.data.task} has no weak step (steps >= 1): nothing to cache")
+    indices = np.unique(np.concatenate([data.train_splits[t] for t in weak]))
+    evidence = FoundationEvidence(cfg.foundation, cache_dir, resolve_device(cfg.train.device))
+    stats = evidence.ensure(data.train, indices, progress=not args.quiet)
+    names = DATASETS[cfg.data.dataset].classes
+    evidence.text_embeddings([str(names[c]) for t in weak for c in data.task.new(t)])
+    print(f"foundation evidence of {len(indices)} images (steps {weak.start}-{weak.stop - 1}): "
+          f"{stats['hits']} hits, {stats['misses']} misses, {stats['seconds']:.1f}s -> {evidence.store.root}")
+
+
 def _print_table(rows: list[dict]) -> None:
     def fmt(v: float) -> str:
         return "   -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:5.1f}"
@@ -148,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
                            help="run each step on N Ray Train workers (DDP: gloo on CPU, nccl on GPU); "
                                 "0 = in this process (default). Attaches to $RAY_ADDRESS, else a local Ray")
         r.set_defaults(fn=fn)
+
+    c = sub.add_parser("cache", help="precompute cached inputs")
+    c_sub = c.add_subparsers(dest="cache_command", required=True)
+    b = c_sub.add_parser("build", help="compute the foundation evidence of every weak step's training images")
+    b.add_argument("--preset", default="synthetic", help="synthetic (default), voc, ade or coco-voc")
+    b.add_argument("--data-root", help="dataset folder (same as --set data.root=DIR)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    b.add_argument("--cache-dir", help="cache folder (default: data.cache_dir, else $WILSS_CACHE_DIR or "
+                                       "~/.cache/wilss: where `wilss run` looks for the evidence)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(fn=_cmd_cache_build)
     return p
 
 

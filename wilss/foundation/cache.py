@@ -69,7 +69,7 @@ class EvidenceStore:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             tensors = blob["tensors"]
             ok = blob["format"] == FORMAT and blob["key"] == key and blob["digest"] == tensors_digest(tensors)
-        except Exception:  # truncated zip, garbage bytes, missing fields: all the same to us
+        except Exception:  # noqa: BLE001 - truncated zip, garbage bytes, missing fields: all the same to us
             ok = False
         if not ok:
             path.unlink(missing_ok=True)

@@ -89,7 +89,7 @@ def load_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a TorchScript archive, a pickle with code, a truncated file, ...
+    except Exception as e:  # noqa: BLE001 - a TorchScript archive, a pickle with code, a truncated file, ...
         raise ConfigError(f"{key}: cannot read checkpoint {path} ({type(e).__name__}: {str(e)[:200]}): it must "
                           "be a state dict saved with torch.save (or a .safetensors file)") from None
     for wrapper in ("state_dict", "model"):

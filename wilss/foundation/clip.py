@@ -24,11 +24,17 @@ from open_clip.model import resize_pos_embed
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
-import wilss.foundation.tiny as tiny
 from wilss.config import FoundationConfig
 from wilss.errors import ConfigError
-from wilss.foundation.checkpoints import (WeightsSource, load_into, load_state_dict, quiet_logging,
-                                          resolve_weights, seeded_init)
+from wilss.foundation import tiny
+from wilss.foundation.checkpoints import (
+    WeightsSource,
+    load_into,
+    load_state_dict,
+    quiet_logging,
+    resolve_weights,
+    seeded_init,
+)
 from wilss.foundation.prompts import PROMPTS, prompt_name
 
 
@@ -69,7 +75,7 @@ def build_clip(cfg: FoundationConfig, src: WeightsSource) -> nn.Module:
         try:
             with quiet_logging():
                 model = open_clip.create_model(name, pretrained=src.value, force_quick_gelu=quick_gelu)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - network, hub and file errors all mean: no weights
             raise ConfigError(f"could not download the open_clip weights '{name}' / '{src.value}' ({str(e)[:200]}):"
                               " download them elsewhere and pass the file path with "
                               "--set foundation.clip_pretrained=/path/to/open_clip_pytorch_model.bin") from None

@@ -39,5 +39,5 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def wilss_tiny_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    args = dict(img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4, num_classes=0)
-    return build_model_with_cfg(VisionTransformer, TINY_VIT, pretrained, **dict(args, **kwargs))
+    args = {"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4, "num_classes": 0}
+    return build_model_with_cfg(VisionTransformer, TINY_VIT, pretrained, **{**args, **kwargs})

@@ -22,11 +22,17 @@ from timm.layers import set_fused_attn, use_fused_attn
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-import wilss.foundation.tiny as tiny
 from wilss.config import FoundationConfig
 from wilss.errors import ConfigError
-from wilss.foundation.checkpoints import (WeightsSource, load_into, load_state_dict, quiet_logging,
-                                          resolve_weights, seeded_init)
+from wilss.foundation import tiny
+from wilss.foundation.checkpoints import (
+    WeightsSource,
+    load_into,
+    load_state_dict,
+    quiet_logging,
+    resolve_weights,
+    seeded_init,
+)
 
 
 def check_vit_model(name: str) -> str:
@@ -69,12 +75,12 @@ def build_vit(cfg: FoundationConfig, src: WeightsSource) -> nn.Module:
     random init or a local file; a tag in ``vit_pretrained`` also downloads its weights.
     """
     arch = check_vit_model(cfg.vit_model)
-    kwargs = dict(num_classes=0, dynamic_img_size=True)
+    kwargs = {"num_classes": 0, "dynamic_img_size": True}
     with _unfused_attention(), quiet_logging():
         if src.kind == "tag":
             try:
                 model = timm.create_model(f"{arch}.{src.value}", pretrained=True, **kwargs)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - network, hub and file errors all mean: no weights
                 raise ConfigError(f"could not download the timm weights '{arch}.{src.value}' ({str(e)[:200]}): "
                                   "download them elsewhere and pass the file path with "
                                   "--set foundation.vit_pretrained=/path/to/model.safetensors") from None

@@ -13,6 +13,7 @@ per step to Tune: ``inc_step`` (monotonic across the trial's tasks), the step's 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,10 @@ def trial_main(params: dict, spec: SweepSpec) -> None:
     tasks = spec.trial_tasks(cfg)
     logs = log_dir(storage, spec.name)
     logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{trial_id}.log", "a", buffering=1) as logfile:
+    # Everything the trial prints (its log lines, progress bars, warnings) goes to its log file; the
+    # driver's console shows the sweep's progress lines only.
+    with (open(logs / f"{trial_id}.log", "a", buffering=1) as logfile, contextlib.redirect_stdout(logfile),
+          contextlib.redirect_stderr(logfile)):
 
         def log(msg: str) -> None:
             logfile.write(f"{time.strftime('%H:%M:%S')} {msg}\n")

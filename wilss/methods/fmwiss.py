@@ -30,17 +30,10 @@ from wilss.data.datasets import default_cache_dir
 from wilss.data.labels import IGNORE
 from wilss.data.transforms import eval_transform, train_transform
 from wilss.losses import fmwiss as L
+from wilss.losses.wilson import pixel_bce
 from wilss.methods.base import Method, StepContext, default_param_groups
 from wilss.metrics import ConfusionMatrix
 from wilss.models.teacher import PlugInTeacher
-
-
-def onehot_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Pixel BCE of (B, K, H, W) logits against one-hot (B, H, W) labels; IGNORE pixels excluded."""
-    keep = (target != IGNORE).float()[:, None]  # (B, 1, H, W)
-    onehot = F.one_hot(target.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2).float()
-    bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
-    return (bce * keep).sum() / (keep.sum() * logits.shape[1]).clamp(min=1)
 
 
 def sample_into_crop(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -123,7 +116,7 @@ class FMWISS(Method):
 
     def losses(self, ctx: StepContext, batch: dict) -> dict[str, torch.Tensor]:
         if ctx.step == 0:
-            bce = onehot_bce(ctx.model(batch["image"]), batch["mask"])
+            bce = pixel_bce(ctx.model(batch["image"]), batch["mask"])  # WILSON's step 0 (§4.2)
             return {"loss": bce, "seg": bce}
         return self._weak_losses(ctx, batch)
 
@@ -143,7 +136,7 @@ class FMWISS(Method):
         return lut[label_map]
 
     def _weak_losses(self, ctx: StepContext, batch: dict) -> dict[str, torch.Tensor]:
-        cfg, f = ctx.cfg, ctx.cfg.fmwiss
+        f = ctx.cfg.fmwiss
         old = list(range(1, ctx.n_old))
         new = list(ctx.new_channels)
         t0 = time.perf_counter()
