@@ -3,7 +3,7 @@ classes (α) and the previous model and the teacher for old classes (β) (METHOD
 two-knob grid, drawn as a heat map by the analysis package).
 
     python experiments/ablate_alpha_beta.py                 # synthetic 10-5, 9 trials
-    python experiments/ablate_alpha_beta.py --preset voc --data-root /data/VOC2012 --tasks 15-5
+    python experiments/ablate_alpha_beta.py --preset voc-fmwiss --data-root /data/VOC2012 --tasks 15-5
 
 Grid: fmwiss.alpha in {0.25, 0.5, 0.75} x fmwiss.beta in {0.7, 0.9, 1.0} x tasks x seeds; step 0 is
 shared by all trials.

@@ -2,7 +2,7 @@
 copy-paste switched on and off (METHOD.md §5.3-§5.5; the paper's component ablation table).
 
     python experiments/ablate_components.py                 # synthetic 10-5, 8 trials
-    python experiments/ablate_components.py --preset voc --data-root /data/VOC2012 --tasks 15-5 --repeats 3
+    python experiments/ablate_components.py --preset voc-fmwiss --data-root /data/VOC2012 --tasks 15-5 --repeats 3
 
 Grid: fmwiss.teacher x fmwiss.dcl x fmwiss.copy_paste in {true, false} x tasks x seeds (the DCL
 lives on the teacher's embeddings, so with the teacher off its switch changes nothing); step 0 is

@@ -2,7 +2,7 @@
 (intersection) or M_init alone (none) (METHOD.md §5.2, §5.8; the paper's fusion ablation table).
 
     python experiments/ablate_fusion.py                     # synthetic 10-5, 3 trials
-    python experiments/ablate_fusion.py --preset voc --data-root /data/VOC2012 --tasks 15-5,10-10 --repeats 3
+    python experiments/ablate_fusion.py --preset voc-fmwiss --data-root /data/VOC2012 --tasks 15-5,10-10 --repeats 3
 
 Grid: pseudo.fusion in {union, intersection, none} x tasks x seeds; step 0 is shared by all trials.
 """

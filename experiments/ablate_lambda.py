@@ -2,7 +2,7 @@
 (METHOD.md §5.3, §5.8; the paper's λ ablation table: λ = 0 is worse, 0.1 is chosen).
 
     python experiments/ablate_lambda.py                     # synthetic 10-5, 5 trials
-    python experiments/ablate_lambda.py --preset voc --data-root /data/VOC2012 --tasks 15-5 --repeats 3
+    python experiments/ablate_lambda.py --preset voc-fmwiss --data-root /data/VOC2012 --tasks 15-5 --repeats 3
 
 Grid: fmwiss.lambda_dcl in {0, 0.01, 0.1, 0.5, 1} x tasks x seeds; step 0 is shared by all trials.
 """

@@ -3,7 +3,7 @@
 
     python experiments/ablate_seeds.py                      # synthetic 10-5, 6 trials, laptop CPU
     python experiments/ablate_seeds.py --repeats 3          # 3 seeds per N
-    RAY_ADDRESS=http://head:8265 python experiments/ablate_seeds.py --preset voc --data-root /data/VOC2012 \\
+    RAY_ADDRESS=http://head:8265 python experiments/ablate_seeds.py --preset voc-fmwiss --data-root /data/VOC2012 \\
         --tasks 15-5,10-10 --repeats 3 --workers 4 --gpus-per-trial 4 --storage s3://bucket/wilss
 
 Grid: pseudo.n_seeds in {1, 3, 5, 9, 15, 25} x tasks x seeds. Step 0 does not depend on N: it is

@@ -4,7 +4,7 @@ plus any config key given with --space (METHOD.md §5.6; the paper's defaults ar
     python experiments/sweep.py                             # synthetic 10-5, 12 trials
     python experiments/sweep.py --space train.lr_next=1e-4:1e-2:log --space fmwiss.tau=0.05,0.1,0.2
     python experiments/sweep.py --tasks 10-5,5-5 --objective mean --optuna-storage sqlite:///runs/study.db
-    python experiments/sweep.py --preset voc --data-root /data/VOC2012 --tasks 15-5,10-10 --trials 64 \\
+    python experiments/sweep.py --preset voc-fmwiss --data-root /data/VOC2012 --tasks 15-5,10-10 --trials 64 \\
         --workers 4 --gpus-per-trial 4 --scheduler asha --storage s3://bucket/wilss
 
 Default space: fmwiss.lambda_dcl in [0.01, 1] (log), fmwiss.alpha in [0, 1], fmwiss.beta in [0.5, 1],

@@ -12,7 +12,6 @@ halfway leaves nothing a reader could mistake for a finished artifact.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from wilss.atomic import file_lock
 from wilss.config import Config, flatten
 
 # Keys that never change what a step produces (where files go, logging, loader parallelism).
@@ -62,16 +62,9 @@ class StepStore:
         p = self.path(key)
         return p if (p / "row.json").is_file() and (p / "checkpoint.pt").is_file() else None
 
-    @contextlib.contextmanager
     def lock(self, key: str):
         """Exclusive per-key lock (blocks while another process builds the same artifact)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f"{key}.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return file_lock(self.root / f"{key}.lock")
 
     @contextlib.contextmanager
     def publish(self, key: str):

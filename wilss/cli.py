@@ -15,6 +15,9 @@ from pathlib import Path
 
 from wilss.atomic import write_text
 from wilss.errors import WilssError
+from wilss.presets import PRESETS
+
+PRESET_HELP = f"a named config: {', '.join(PRESETS)} (default synthetic)"
 
 
 def _cmd_tasks(args: argparse.Namespace) -> None:
@@ -162,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "Train workers with --workers N)"),
                             ("config", _cmd_config, "print the flat config of a preset with overrides")]:
         r = sub.add_parser(name, help=help_)
-        r.add_argument("--preset", default="synthetic", help="synthetic (default), voc, ade or coco-voc")
-        r.add_argument("--method", help="finetune, joint, ...")
+        r.add_argument("--preset", default="synthetic", help=PRESET_HELP)
+        r.add_argument("--method", help="finetune, joint, fmwiss, dkd, dkd-m, mib or wilson (default: the preset's)")
         r.add_argument("--data-root", help="dataset folder (same as --set data.root=DIR)")
         r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
         if name == "run":
@@ -177,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cache", help="precompute cached inputs")
     c_sub = c.add_subparsers(dest="cache_command", required=True)
     b = c_sub.add_parser("build", help="compute the foundation evidence of every weak step's training images")
-    b.add_argument("--preset", default="synthetic", help="synthetic (default), voc, ade or coco-voc")
+    b.add_argument("--preset", default="synthetic", help=PRESET_HELP)
     b.add_argument("--data-root", help="dataset folder (same as --set data.root=DIR)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     b.add_argument("--cache-dir", help="cache folder (default: data.cache_dir, else $WILSS_CACHE_DIR or "

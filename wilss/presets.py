@@ -1,7 +1,7 @@
 """Presets: full configs by name, one per setting a user starts from.
 
 ``synthetic`` is the embedded default (offline, CPU, minutes); ``voc``, ``ade`` and ``coco-voc`` are the
-protocols at paper scale; ``voc-dkd``, ``ade-dkd``, ``voc-mib``, ``voc-wilson``, ... pin each method's
+protocols at paper scale; ``voc-dkd``, ``ade-dkd``, ``voc-mib``, ``voc-wilson``, ``voc-fmwiss``, ... pin each method's
 published settings (METHOD.md §3-§5), so a paper's defaults are one preset name away.
 """
 
@@ -14,9 +14,11 @@ from wilss.config import (
     DataConfig,
     DKDConfig,
     EvalConfig,
+    FMWISSConfig,
     FoundationConfig,
     MiBConfig,
     ModelConfig,
+    PseudoConfig,
     TrainConfig,
     WILSONConfig,
 )
@@ -152,11 +154,32 @@ def _coco_voc_wilson() -> Config:
     )
 
 
+def _voc_fmwiss() -> Config:
+    """FMWISS on VOC 15-5 (METHOD.md §5.6): step 0 as WILSON's (pixel BCE, lr 0.01, 30 epochs); later
+    steps image labels only, SGD lr 1e-3, momentum 0.9, weight decay 1e-4, 40 epochs, batch 24, the
+    teacher warmed up alone for 5 epochs; lambda 0.1, alpha 0.5, beta 0.9, N 9, union, top-K 70%;
+    CLIP ViT-B-16 ``openai`` and DINO ``vit_base_patch16_224.dino``; evaluated as WILSON."""
+    base = _voc_wilson()
+    return dataclasses.replace(
+        base, method="fmwiss",
+        train=dataclasses.replace(base.train, epochs=30, epochs_next=40, batch_size=24, lr=0.01, lr_next=1e-3,
+                                  weight_decay=1e-4),
+        foundation=FoundationConfig(), pseudo=PseudoConfig(), fmwiss=FMWISSConfig(warmup_epochs=5),
+    )
+
+
+def _coco_voc_fmwiss() -> Config:
+    """FMWISS on COCO-to-VOC: ``voc-fmwiss`` on the COCO-to-VOC data (WRN-38 replaced by ResNet-101)."""
+    base, voc = _coco_voc(), _voc_fmwiss()
+    return dataclasses.replace(voc, data=base.data, model=dataclasses.replace(voc.model, output_stride=8))
+
+
 PRESETS = {"synthetic": _synthetic, "voc": _voc, "ade": _ade, "coco-voc": _coco_voc}
 # Paper settings of each method: one preset name away (the preset sets ``method``).
 PRESETS.update({
     "voc-dkd": _voc_dkd, "voc-dkd-m": _voc_dkd_m, "ade-dkd": _ade_dkd, "ade-dkd-m": _ade_dkd_m,
     "voc-mib": _voc_mib, "voc-wilson": _voc_wilson, "coco-voc-wilson": _coco_voc_wilson,
+    "voc-fmwiss": _voc_fmwiss, "coco-voc-fmwiss": _coco_voc_fmwiss,
 })
 
 

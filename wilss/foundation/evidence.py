@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from wilss.atomic import file_lock
 from wilss.config import FoundationConfig
 from wilss.data.readers import ImageList
 from wilss.errors import ConfigError
@@ -139,52 +140,50 @@ class FoundationEvidence:
             for i, qi, ki in zip(sel, q, k):
                 self.store.write(*self._key("vit", self._image_digest(paths[i])), {"q": qi, "k": ki})
 
+    def _need(self, path: Path) -> tuple[bool, bool]:
+        """(CLIP entry missing, ViT entry missing) for one image; an invalid entry counts as missing."""
+        return self._read("clip", path) is None, self._read("vit", path) is None
+
+    def lock_path(self) -> Path:
+        """One lock per pair of model identities: processes computing the same models' evidence take turns."""
+        return self.store.root / f"{self._key('clip', '')[0]}+{self._key('vit', '')[0]}.lock"
+
     def ensure(self, images: ImageList, indices: Iterable[int], progress: bool = True,
                log: Callable[[str], None] = print) -> dict:
         """Make sure every image of ``indices`` has valid evidence; compute the misses in batches.
 
-        Returns ``{"hits", "misses", "seconds"}`` (images, not entries).
+        Computing holds ``lock_path()``: a second process (another trial of a sweep) that needs the same
+        evidence meanwhile waits, then finds it cached instead of computing it again. Returns
+        ``{"hits", "misses", "seconds"}`` (images, not entries; a miss is an image this call computed).
         """
         start = time.perf_counter()
         order = list(dict.fromkeys(int(j) for j in np.asarray(list(indices)).ravel()))
-        hits = misses = shown = 0
-        pending: list[tuple[Path, tuple[bool, bool]]] = []
-        bar = tqdm(total=len(order), desc="foundation evidence", disable=not progress) if tqdm else None
-        every = max(1, len(order) // 10)
+        paths = [images.images[j] for j in order]
+        missing = [p for p in paths if any(self._need(p))]
+        computed = 0
+        if missing:
+            with file_lock(self.lock_path()):
+                todo = [(p, need) for p in missing if any(need := self._need(p))]  # others may have built some
+                computed = len(todo)
+                self._compute_batches(todo, len(paths) - len(todo), len(paths), progress, log)
+        self.hits += len(paths) - computed
+        self.misses += computed
+        return {"hits": len(paths) - computed, "misses": computed, "seconds": time.perf_counter() - start}
 
-        def show(upto: int) -> None:  # images resolved so far: hits and computed misses
-            nonlocal shown
-            if upto <= shown:
-                return
+    def _compute_batches(self, todo: list[tuple[Path, tuple[bool, bool]]], cached: int, total: int,
+                         progress: bool, log: Callable[[str], None]) -> None:
+        """Compute ``todo`` in batches of ``foundation.batch_size``, with a progress bar over all images."""
+        bar = tqdm(total=total, initial=cached, desc="foundation evidence", disable=not progress) if tqdm else None
+        every = max(1, len(todo) // 10)
+        for i in range(0, len(todo), self.cfg.batch_size):
+            batch = todo[i:i + self.cfg.batch_size]
+            self._compute([p for p, _ in batch], [n for _, n in batch])
             if bar is not None:
-                bar.update(upto - shown)
-            elif progress and (upto // every > shown // every or upto == len(order)):
-                log(f"foundation evidence: {upto}/{len(order)} images")
-            shown = upto
-
-        def flush() -> None:
-            self._compute([p for p, _ in pending], [n for _, n in pending])
-            pending.clear()
-
-        for done, j in enumerate(order, 1):
-            path = images.images[j]
-            need = (self._read("clip", path) is None, self._read("vit", path) is None)
-            if any(need):
-                misses += 1
-                pending.append((path, need))
-                if len(pending) == self.cfg.batch_size:
-                    flush()
-            else:
-                hits += 1
-            show(done - len(pending))
-        if pending:
-            flush()
-            show(len(order))
+                bar.update(len(batch))
+            elif progress and ((i // every) != ((i + len(batch)) // every) or i + len(batch) == len(todo)):
+                log(f"foundation evidence: {cached + i + len(batch)}/{total} images")
         if bar is not None:
             bar.close()
-        self.hits += hits
-        self.misses += misses
-        return {"hits": hits, "misses": misses, "seconds": time.perf_counter() - start}
 
     def load(self, images: ImageList, j: int) -> dict[str, torch.Tensor]:
         """``{"clip": (d, h, w), "q": (heads, T, dh), "k": (heads, T, dh)}`` fp16 evidence of image j.
