@@ -79,6 +79,8 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
         p.add_argument("--grid", action="append", metavar="KEY=A,B,C", default=[],
                        help="grid values for a knob (replaces the experiment's values for that knob, or "
                             "adds a dimension); repeatable")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the analysis report (tables, figures, report.md in <storage>/reports/<name>/)")
     if exp.space:
         p.add_argument("--space", action="append", metavar="KEY=LOW:HIGH|KEY=A,B", default=[],
                        help="search this knob too (or instead of its default range); repeatable")
@@ -148,6 +150,8 @@ def main(exp: Experiment, argv: list[str] | None = None) -> int:
         failed = list(result.failed)
         if searched and args.repeats > 1 and not result.rows.empty:
             failed += _repeat_best(spec, search, tasks, args, result)
+        if not args.no_report and not result.rows.empty:
+            _report(spec)
     except WilssError as e:
         print(f"{exp.name}: error: {e}", file=sys.stderr)
         return 2
@@ -159,6 +163,45 @@ def main(exp: Experiment, argv: list[str] | None = None) -> int:
               f"{result.storage.uri_of('logs', spec.name)})", file=sys.stderr)
         return 1
     return 0
+
+
+def _report(spec: SweepSpec) -> None:
+    """The analysis report of this sweep (and of its ``-best`` reruns) into <storage>/reports/<name>/;
+    prints the experiment's table and the paths. A failure here only warns: the sweep's rows are safe
+    and ``python -m analysis.report`` can be rerun by hand."""
+    storage = Storage.of(spec.storage)
+    sources = [s for s in (storage.uri_of("results", f"sweep={spec.name}"),
+                           storage.uri_of("results", f"sweep={spec.name}-best")) if _has_rows(s)]
+    if not sources:
+        return
+    out = storage.local_path("reports", spec.name) if storage.local else None
+    try:
+        from analysis.render import to_markdown
+        from analysis.report import report
+
+        if out is None:  # a remote storage: write locally, next to where the script runs
+            from pathlib import Path
+
+            out = Path("runs", "reports", spec.name)
+        rep = report(sources, out)
+    except Exception as e:  # noqa: BLE001 - any analysis failure must not cost the sweep's exit code
+        print(f"warning: the analysis report failed ({type(e).__name__}: {e}); rerun it with "
+              f"python -m analysis.report {' '.join(sources)} --out {out}", file=sys.stderr)
+        return
+    if rep.headline is not None:
+        print(f"\n{rep.headline.title} ({rep.headline.name})\n{to_markdown(rep.headline)}")
+    for f in rep.figures:
+        print(f"figure: {f}")
+    print(f"report: {rep.markdown}")
+
+
+def _has_rows(uri: str) -> bool:
+    try:
+        from analysis.load import list_files
+
+        return bool(list_files(uri)[1])
+    except Exception:  # noqa: BLE001 - absent folder (no -best rerun) or unreachable storage
+        return False
 
 
 def _repeat_best(spec: SweepSpec, search: Search, tasks: tuple[str, ...], args, result: SweepResult) -> list[str]:
