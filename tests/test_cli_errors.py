@@ -87,7 +87,7 @@ def test_splits_errors(capsys, tmp_path):
 
 def test_console_script_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "wilss.cli", "run", "--out", str(tmp_path / "o"), "--set",
-                           "train.epochs=-1"], capture_output=True, text=True)
+                           "train.epochs=-1"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["wilss: error: config key 'train.epochs' must be >= 1; got -1"]
 

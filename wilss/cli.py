@@ -84,8 +84,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
     if config_file.is_file() and config_file.read_text() != to_json(cfg):
         raise WilssError(f"{out} holds a run with another config ({config_file}): choose a new --out, "
                          f"or rerun with the same preset and --set values to resume it")
-    if out.exists() and not out.is_dir():
-        raise WilssError(f"--out {out} is a file: give a folder")
+    from wilss.launch.storage import check_writable_dir
+
+    check_writable_dir(out, "--out")
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -161,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_splits)
 
-    for name, fn, help_ in [("run", _cmd_run, "run the whole incremental protocol (in-process, or on Ray "
-                                               "Train workers with --workers N)"),
+    for name, fn, help_ in [("run", _cmd_run, ("run the whole incremental protocol (in-process, or on Ray "
+                                                "Train workers with --workers N)")),
                             ("config", _cmd_config, "print the flat config of a preset with overrides")]:
         r = sub.add_parser(name, help=help_)
         r.add_argument("--preset", default="synthetic", help=PRESET_HELP)

@@ -148,19 +148,22 @@ def load_checkpoint(path: Path, model: nn.Module, expect: dict | None = None) ->
     Returns (meta, extra)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - truncated, not a zip/pickle, a pickle with code, ...
         raise WilssError(f"cannot read checkpoint {path} ({type(e).__name__}): the file is truncated or "
                          f"not a wilss checkpoint; delete it to retrain the step") from None
     meta = state.get("meta", {}) if isinstance(state, dict) else {}
     for key, value in (expect or {}).items():
         if meta.get(key) != value:
-            raise WilssError(f"checkpoint {path} was made for {key}={meta.get(key)!r}, not {value!r}: use "
-                             f"a checkpoint of this task or another output folder")
+            raise WilssError(f"checkpoint {path} was made for {key}={meta.get(key)!r}, not {value!r}: it "
+                             f"belongs to another run; delete it to retrain the step, or choose another --out")
     try:
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise WilssError(f"checkpoint {path} does not fit the model ({str(e).splitlines()[0]}): it was "
-                         f"made with another backbone or class count") from None
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        lines = str(e).splitlines()  # torch's first line only names the module
+        detail = " ".join(" ".join(lines[1:] or lines).split())
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise WilssError(f"checkpoint {path} does not fit the model ({detail}): it was made with another "
+                         f"backbone or class count; delete it to retrain the step, or choose another --out") from None
     return meta, state.get("extra", {})
 
 

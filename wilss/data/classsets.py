@@ -3,13 +3,16 @@
 The split rule needs, for every image, the set of classes in its mask. Scanning 10k masks takes
 seconds to minutes, so the result (a presence matrix) is cached under ``<cache_dir>/classsets/``, keyed
 by a hash of the mask files it came from (path, size, mtime) and the class count: edit a mask and the
-key changes, so a stale cache is never read. The scan also validates the masks: a value outside the
-class range is an error naming the file and the fix.
+key changes, so a stale cache is never read. Each entry ``<key>.npy`` has a ``<key>.npy.sha256``
+beside it (size and sha256 of the entry, written after it): an entry that does not match it (a
+truncated or damaged file) is scanned again and replaced. The scan also validates the masks: a value
+outside the class range is an error naming the file and the fix.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -64,18 +67,42 @@ def class_presence(images: ImageList, n_classes: int, cache_dir: str | Path | No
     path = None
     if cache_dir:
         path = Path(cache_dir) / "classsets" / f"{cache_key(images, n_classes)}.npy"
-        if path.is_file():
-            try:
-                present = np.load(path)
-            except (OSError, ValueError, EOFError):  # unreadable entry: rescan and replace it
-                present = None
-            if present is not None and present.shape == (len(images), n_classes):
-                return present
+        present = _read_entry(path)
+        if present is not None and present.shape == (len(images), n_classes):
+            return present
     present = _scan(images, n_classes, workers, progress)
     if path is not None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
-            np.save(f, present)
+        buf = io.BytesIO()
+        np.save(buf, present)
+        data = buf.getvalue()
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        with atomic_path(_digest_path(path)) as tmp:  # last: an entry without it is not trusted
+            tmp.write_text(_digest(data))
     return present
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _digest(data: bytes) -> str:
+    return f"{len(data)} {hashlib.sha256(data).hexdigest()}\n"
+
+
+def _read_entry(path: Path) -> np.ndarray | None:
+    """A cache entry whose size and sha256 match its ``.sha256`` file; None when absent, unverified
+    or unreadable (it is then scanned again and replaced)."""
+    try:
+        data, want = path.read_bytes(), _digest_path(path).read_text()
+    except OSError:
+        return None
+    if _digest(data) != want:
+        return None
+    try:
+        return np.load(io.BytesIO(data))
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 def _scan(images: ImageList, n_classes: int, workers: int | None, progress: bool) -> np.ndarray:

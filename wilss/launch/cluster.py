@@ -4,8 +4,10 @@
   before starting Python): attach to that cluster. Its nodes should declare the ``TRAIN_DRIVER``
   custom resource on the nodes that may host trial drivers (``ray start --resources='{"TRAIN_DRIVER":
   100}'``); without it trial drivers fall back to a sliver of CPU.
-- Otherwise: a local Ray bound to 127.0.0.1 (``wilss.launch`` sets Ray's switch for it on import)
-  with the dashboard on (Train V2 needs the State API to
+  The address is checked first (a TCP connect, ``WILSS_RAY_CONNECT_TIMEOUT`` seconds, default 5):
+  an unreachable cluster is a one-line ``WilssError``, not a ``ray.init`` that retries for minutes.
+- Otherwise: a local Ray bound to 127.0.0.1, servers and dashboard (``wilss.launch`` also sets Ray's
+  switch for it on import) with the dashboard on (Train V2 needs the State API to
   clean up after stopped trials, RAY.md P2), ``TRAIN_DRIVER`` declared, and shut down on exit.
 """
 
@@ -14,9 +16,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+from wilss.errors import WilssError
 
 DRIVER_RESOURCE = "TRAIN_DRIVER"
+# A local Ray's servers and dashboard listen here only (to serve other machines, start a cluster
+# with `ray start --head` and set RAY_ADDRESS).
+LOCAL_HOST = "127.0.0.1"
 
 # Set before Ray starts any process (V2 propagates the driver's env to controller and workers):
 # a faster Train health check shortens every TorchTrainer.fit by seconds on small machines (RAY.md
@@ -45,16 +54,49 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     env = {k: os.environ[k] for k in (*_RAY_ENV, *_FORWARD) if k in os.environ}
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
-                 logging_level=logging.WARNING)
+        check_reachable(address)
+        try:
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
+                     logging_level=logging.WARNING)
+        except (ConnectionError, ValueError) as e:  # "auto" with no cluster running, a malformed address
+            raise WilssError(f"cannot attach to the Ray cluster at RAY_ADDRESS={address} "
+                             f"({str(e).splitlines()[0]}): {_FIX}") from None
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, resources={DRIVER_RESOURCE: 1000},
-                 include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=log_to_driver,
-                 logging_level=logging.WARNING)
+                 include_dashboard=True, dashboard_host=LOCAL_HOST, _node_ip_address=LOCAL_HOST,
+                 log_to_driver=log_to_driver, logging_level=logging.WARNING)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+_FIX = "start it (`ray start --head`), fix the address, or unset RAY_ADDRESS to run on a local Ray"
+# Ports a cluster address means when it names none: GCS, Ray Client, dashboard (job submission).
+_DEFAULT_PORTS = {"": 6379, "ray": 10001, "http": 8265, "https": 443}
+
+
+def check_reachable(address: str, timeout: float | None = None) -> None:
+    """WilssError unless a TCP connection to the cluster ``address`` opens within ``timeout`` seconds
+    (``ray.init`` itself keeps retrying an unreachable address for minutes). ``auto`` and ``local``
+    are left to Ray."""
+    if address in ("auto", "local"):
+        return
+    timeout = float(os.environ.get("WILSS_RAY_CONNECT_TIMEOUT", "5")) if timeout is None else timeout
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        host, port = parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # a port that is not a number
+        host = port = None
+    if not host or not port:
+        raise WilssError(f"RAY_ADDRESS={address} is not a cluster address (host:port, ray://host:port or "
+                         f"http://host:port): {_FIX}")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else e.strerror or type(e).__name__
+        raise WilssError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({host}:{port}: {reason}): "
+                         f"{_FIX}") from None
 
 
 def cluster_totals() -> dict[str, float]:

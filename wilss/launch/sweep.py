@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from wilss.config import flatten, override
 from wilss.errors import ConfigError, WilssError
 from wilss.launch import space as sp
-from wilss.launch.storage import Storage, check_name, read_rows, read_sweep_record, write_sweep_record
+from wilss.launch.storage import (
+    Storage,
+    check_name,
+    check_writable_dir,
+    read_rows,
+    read_sweep_record,
+    write_sweep_record,
+)
 from wilss.launch.trial import METRICS, SweepSpec, n_reports, trial_main
 
 
@@ -65,8 +72,14 @@ def plan(spec: SweepSpec, search: Search, tasks: tuple[str, ...] = (), repeats: 
         raise ConfigError(f"metric '{spec.metric}' is not a result metric: choose one of {', '.join(METRICS)}")
     if spec.mode not in ("max", "min") or spec.objective not in ("per-task", "mean"):
         raise ConfigError("mode is max or min; objective is per-task or mean")
-    if spec.workers < 0 or repeats < 1:
-        raise ConfigError("--workers must be >= 0 and --repeats >= 1")
+    if spec.workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0 = train inside the trial), got {spec.workers}")
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    if spec.gpus_per_trial < 0:
+        raise ConfigError(f"--gpus-per-trial must be >= 0, got {spec.gpus_per_trial:g}")
+    if spec.cpus_per_worker <= 0 or spec.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-worker must be > 0, got {min(spec.cpus_per_worker, spec.cpus_per_trial):g}")
     base = override(spec.base, {})  # validates the whole base config
     tasks = tuple(tasks) or (base.data.task,)
     for t in tasks:
@@ -91,7 +104,7 @@ def plan(spec: SweepSpec, search: Search, tasks: tuple[str, ...] = (), repeats: 
         raise ConfigError("an Optuna trial runs one seed: run the best point with more seeds as a grid "
                           "(experiments/sweep.py --repeats does)")
     if search.num_samples < 1:
-        raise ConfigError("--trials must be >= 1")
+        raise ConfigError(f"--trials must be >= 1, got {search.num_samples}")
     params = sp.parse_space(base, search.space)
     if not params:
         raise ConfigError("the search space is empty: give --space key=low:high or key=a,b,c")
@@ -213,11 +226,29 @@ def _tuner(p: Plan, search: Search, storage: Storage, concurrency: int, totals: 
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
+def _check_cluster(address: str | None) -> None:
+    """An unreachable cluster address fails here, before the sweep writes anything."""
+    import os
+    import sys
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and not ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        from wilss.launch.cluster import check_reachable
+
+        check_reachable(address)
+
+
 def run_sweep(spec: SweepSpec, search: Search, *, tasks: tuple[str, ...] = (), repeats: int = 1,
               resume: bool = False, address: str | None = None, concurrency: int | None = None) -> SweepResult:
     """Run (or resume) a sweep; returns its rows. Checks everything before Ray starts."""
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, got {concurrency} (leave it out to fill the cluster)")
     plans = plan(spec, search, tasks, repeats)
     storage = Storage(spec.storage)
+    storage.check_writable()
+    if spec.artifacts and "://" not in spec.artifacts:
+        check_writable_dir(spec.artifacts, "--artifacts")
+    _check_cluster(address)
     record = json.loads(json.dumps(_record(plans, search), default=str))  # as it reads back from disk
     old = read_sweep_record(storage, spec.name)
     if old is None and resume:

@@ -76,7 +76,11 @@ def load_backbone_file(net: nn.Module, path: str) -> None:
     if not file.is_file():
         raise ConfigError(f"model.pretrained file {file} does not exist: give a backbone checkpoint "
                           f"path, 'imagenet', or '' for random init")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, not a checkpoint, a pickle with code
+        raise ConfigError(f"model.pretrained: cannot read {file} ({type(e).__name__}): give a backbone state "
+                          f"dict saved with torch.save, 'imagenet', or '' for random init") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
