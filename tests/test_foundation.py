@@ -17,7 +17,7 @@ from wilss.config import FoundationConfig
 from wilss.data.readers import ImageList
 from wilss.errors import ConfigError
 from wilss.foundation import ClipScorer, FoundationEvidence, VitEvidence, tiny
-from wilss.foundation.clip import value_path
+from wilss.foundation.clip import clip_patch_size, value_path
 from wilss.pseudo.attention import attention_at
 
 TINY = FoundationConfig(clip_model=tiny.TINY_CLIP, clip_pretrained="", vit_model=tiny.TINY_VIT, vit_pretrained="",
@@ -78,6 +78,28 @@ def test_tiny_clip_shapes_normalisation_and_modes():
     assert not torch.allclose(imagenet.text_embeddings(["circle"]), text[:1], atol=1e-3)
     assert maskclip.logit_scale == pytest.approx(1 / 0.07, rel=1e-4)
     assert maskclip.dense_features(_images(1, 96)).shape == (1, 64, 12, 12)  # resized positional embedding
+
+
+def test_timm_tower_dense_features_decompose_the_image_embedding():
+    """wilss-tiny-clip-rn: proj at every trunk location; its mean over locations is the image embedding."""
+    cfg = FoundationConfig(**{**TINY.__dict__, "clip_model": tiny.TINY_CLIP_RN})
+    scorer = ClipScorer(cfg)
+    assert clip_patch_size(tiny.TINY_CLIP_RN) == scorer.patch_size == 8 and scorer.grid(64) == (8, 8)
+    images = _images(2)
+    f = scorer.dense_features(images)
+    assert f.shape == (2, 64, 8, 8) and f.dtype == torch.float32
+    torch.testing.assert_close(f.norm(dim=1), torch.ones(2, 8, 8))
+    # MaskCLIP's route reduces to the same features for an average-pooled linear head
+    tokens = ClipScorer(FoundationConfig(**{**cfg.__dict__, "dense": "tokens"}))
+    assert torch.equal(f, tokens.dense_features(images))
+    x = (images - scorer.mean) / scorer.std
+    with torch.no_grad():
+        raw = scorer._timm_dense(x)  # (B, d, h, w), before normalisation
+        embedding = scorer.model.encode_image(x)  # (B, d), unnormalised
+    assert scorer.model.visual.head.proj.bias is None
+    torch.testing.assert_close(raw.mean((2, 3)), embedding, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(F.normalize(raw, dim=1), f)
+    assert scorer.dense_features(_images(1, 96)).shape == (1, 64, 12, 12)
 
 
 def test_tokens_route_equals_open_clip_patch_tokens():

@@ -9,8 +9,17 @@
   its value path (``out_proj(v(ln_1(x)))``), skipping query-key attention, the residual and the MLP, then
   ``ln_post`` and ``proj``, on patch tokens. ``dense="tokens"`` is the plain route.
 
-Only open_clip ``VisionTransformer`` towers are supported (class token, learnable positional embedding,
-no attentional pooler); the positional embedding is resized when the input is not the model's size.
+Two kinds of vision tower are supported:
+
+- open_clip ``VisionTransformer`` (class token, learnable positional embedding, no attentional pooler),
+  e.g. ViT-B-16; the positional embedding is resized when the input is not the model's size;
+- a timm tower (``TimmModel``) with average pooling and a linear projection head, whose config declares
+  the trunk's output stride as ``patch_size`` (e.g. the opt-in ``wilss-tiny-clip-rn``). Its image
+  embedding is ``proj(mean over locations of trunk features)`` = mean over locations of
+  ``proj(features)``, so the dense feature of a location is ``proj`` of its trunk feature (a CAM-like
+  decomposition). MaskCLIP's route reduces to the same thing here: MaskCLIP keeps the per-token value /
+  output projections of the pooling step and drops the token mixing; an average pool has no projection
+  and its only mixing is the average itself. So both ``dense`` modes give these features.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import resize_pos_embed
+from open_clip.timm_model import TimmModel
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
@@ -57,13 +67,39 @@ def clip_weights(cfg: FoundationConfig) -> WeightsSource:
     return src
 
 
+def is_timm_tower(model_name: str) -> bool:
+    return "timm_model_name" in open_clip.get_model_config(model_name)["vision_cfg"]
+
+
 def clip_patch_size(model_name: str) -> int:
-    """Patch side of an open_clip ViT, read from its architecture config (no model is built)."""
+    """Patch side of an open_clip ViT, or output stride of a supported timm tower, read from its
+    architecture config (no model is built)."""
     vision = open_clip.get_model_config(model_name)["vision_cfg"]
-    if "timm_model_name" in vision or isinstance(vision.get("layers"), (list, tuple)):
+    if "timm_model_name" in vision:
+        if vision.get("timm_pool", "avg") != "avg" or vision.get("timm_proj", "linear") != "linear" \
+                or "patch_size" not in vision:
+            raise ConfigError(f"foundation.clip_model '{model_name}' is not a ViT CLIP, nor a timm tower with "
+                              "average pooling, a linear projection and its output stride given as patch_size: "
+                              "the dense scorer needs one of those (e.g. ViT-B-16)")
+        return int(vision["patch_size"])
+    if isinstance(vision.get("layers"), (list, tuple)):
         raise ConfigError(f"foundation.clip_model '{model_name}' is not a ViT CLIP: the dense scorer needs an "
-                          "open_clip VisionTransformer tower (e.g. ViT-B-16)")
+                          "open_clip VisionTransformer tower (e.g. ViT-B-16) or an average-pooled timm tower")
     return int(vision["patch_size"])
+
+
+def check_tower(name: str, visual: nn.Module) -> None:
+    """Refuse vision towers whose dense features this module cannot compute."""
+    if isinstance(visual, TimmModel):
+        proj = getattr(visual.head, "proj", None)
+        others = [n for n, m in visual.head.named_children() if n not in ("drop", "proj")]
+        if not isinstance(proj, nn.Linear) or others or getattr(visual.trunk, "global_pool", None) != "avg":
+            raise ConfigError(f"foundation.clip_model '{name}': its timm tower is not average pooling followed "
+                              f"by a linear projection (head: {visual.head})")
+        return
+    if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
+        raise ConfigError(f"foundation.clip_model '{name}' is not a plain ViT CLIP (its vision tower is "
+                          f"{type(visual).__name__}): use an open_clip ViT such as ViT-B-16")
 
 
 def build_clip(cfg: FoundationConfig, src: WeightsSource) -> nn.Module:
@@ -87,9 +123,7 @@ def build_clip(cfg: FoundationConfig, src: WeightsSource) -> nn.Module:
             state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
             resize_pos_embed(state, model)
             load_into(model, state, src.value, "foundation.clip_pretrained", name)
-    if not isinstance(model.visual, VisionTransformer) or model.visual.attn_pool is not None:
-        raise ConfigError(f"foundation.clip_model '{name}' is not a plain ViT CLIP (its vision tower is "
-                          f"{type(model.visual).__name__}): use an open_clip ViT such as ViT-B-16")
+    check_tower(name, model.visual)
     return model.eval().requires_grad_(False)
 
 
@@ -110,7 +144,7 @@ def value_path(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
 
 
 class ClipScorer:
-    """A frozen open_clip ViT: ``text_embeddings`` (C, d) and ``dense_features`` (B, d, h, w).
+    """A frozen open_clip model (ViT or average-pooled timm tower): ``text_embeddings`` (C, d) and ``dense_features`` (B, d, h, w).
 
     Outputs are float32, L2-normalised over d, on ``device``.
     """
@@ -119,11 +153,13 @@ class ClipScorer:
         self.cfg = cfg
         self.device = torch.device(device)
         self.weights = clip_weights(cfg)
-        clip_patch_size(cfg.clip_model)  # fails before building for non-ViT towers
+        self._patch = clip_patch_size(cfg.clip_model)  # fails before building for unsupported towers
         self.model = build_clip(cfg, self.weights).to(self.device)
         self.tokenizer = open_clip.get_tokenizer(cfg.clip_model)
-        visual: VisionTransformer = self.model.visual
-        if cfg.dense == "maskclip" and not isinstance(visual.transformer.resblocks[-1], ResidualAttentionBlock):
+        visual = self.model.visual
+        self.timm = isinstance(visual, TimmModel)
+        if (cfg.dense == "maskclip" and not self.timm
+                and not isinstance(visual.transformer.resblocks[-1], ResidualAttentionBlock)):
             raise ConfigError(f"foundation.dense='maskclip' needs the standard attention block in "
                               f"'{cfg.clip_model}': use foundation.dense=tokens for this model")
         pre = visual.preprocess_cfg
@@ -138,7 +174,8 @@ class ClipScorer:
 
     @property
     def patch_size(self) -> int:
-        return int(self.model.visual.patch_size[0])
+        """ViT patch side, or the timm trunk's output stride: one dense feature per patch_size^2 pixels."""
+        return self._patch
 
     def grid(self, resolution: int) -> tuple[int, int]:
         return resolution // self.patch_size, resolution // self.patch_size
@@ -170,8 +207,30 @@ class ClipScorer:
     @torch.no_grad()
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, R, R) in [0, 1] -> (B, d, R/p, R/p) float32, L2-normalised over d."""
-        visual: VisionTransformer = self.model.visual
         x = (images.to(self.device, torch.float32) - self.mean) / self.std
+        x = self._timm_dense(x) if self.timm else self._vit_dense(x)  # (B, d, h, w), not normalised
+        expected = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        if tuple(x.shape[-2:]) != expected:
+            raise ConfigError(f"foundation.clip_model '{self.cfg.clip_model}' gave a {tuple(x.shape[-2:])} feature "
+                              f"grid for {tuple(images.shape[-2:])} px images, not {expected} (patch size "
+                              f"{self.patch_size}): its config's patch_size is not the tower's stride")
+        return F.normalize(x.float(), dim=1)
+
+    def _timm_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, R, R) normalised -> (B, d, h, w): the head's projection at every trunk location.
+
+        The image embedding is proj(mean_hw f) = mean_hw proj(f) (the pool is linear), so these are the
+        per-location terms of the image embedding, before any normalisation.
+        """
+        visual: TimmModel = self.model.visual
+        f = visual.trunk.forward_features(x)  # (B, C, h, w)
+        proj: nn.Linear = visual.head.proj
+        return torch.einsum("bchw,dc->bdhw", f, proj.weight) + (
+            proj.bias.view(1, -1, 1, 1) if proj.bias is not None else 0)
+
+    def _vit_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, R, R) normalised -> (B, d, R/p, R/p): MaskCLIP or last-layer patch tokens, projected."""
+        visual: VisionTransformer = self.model.visual
         x = visual.conv1(x)  # (B, width, h, w)
         b, width, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)  # (B, h*w, width)
@@ -188,6 +247,5 @@ class ClipScorer:
         x = x.transpose(0, 1) if seq_first else x  # (B, 1 + h*w, width)
         x = visual.ln_post(x[:, 1:])  # patch tokens: (B, h*w, width)
         x = x @ visual.proj  # (B, h*w, d)
-        x = F.normalize(x.float(), dim=-1)
         return x.transpose(1, 2).reshape(b, -1, h, w)  # (B, d, h, w)
 

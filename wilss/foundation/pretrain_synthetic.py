@@ -26,6 +26,20 @@ The shipped weights come from that command (13.7 min: 1.5 rendering, 8.3 CLIP, 3
 dense modes and prompt sets (random init 8.7-9.2), an all-ones mask 9.6. So the seed attention groups
 objects well above chance, while the tiny CLIP's class maps are at chance: a ViT needs far more than
 minutes of CPU to tell these shapes apart (a supervised tiny ViT barely leaves chance in 1500 steps).
+Tried without success (CLIP M_init 6.9-9.1; the DINO-initialised one ranks an image's classes at chance):
+average pooling of the patch tokens instead of the class token (open_clip ``pool_type="avg"``, 286
+steps; a 1000-step run was on the same loss plateau at step 400), the image tower initialised from the
+DINO ViT (286 steps), and that tower locked but for ``ln_post`` / ``proj`` (LiT-style, 500 steps).
+
+Tried, above chance but weak, so not the default: ``--clip lit-rn`` trains ``wilss-tiny-clip-rn``
+LiT-style (Zhai et al. 2022): its image trunk is the shipped ``resnet-tiny`` (``wilss.models.pretrain_tiny``,
+image-level labels on other synthetic scenes), locked; only the linear projection of its average-pooled
+features, the text tower and the temperature are trained. 1000 steps (4.0 min with rendering): CLIP
+M_init 11.9 / 11.3 (short / imagenet prompts; both dense modes are the same for this tower), random
+init 6.8-7.0; 1500 steps at lr 3e-3 gave the same 11.9. The cosine is what holds it back only in part:
+the un-normalised per-location scores (a CAM) reach 15.6.
+
+    OMP_NUM_THREADS=1 python -m wilss.foundation.pretrain_synthetic --clip lit-rn --only clip --out /tmp/lit
 
 ``--minutes M`` scales both step counts to take about M minutes on that reference machine; the step
 counts (not the clock) define the run, so a run is reproducible from its arguments.
@@ -54,12 +68,14 @@ from wilss.foundation.clip import ClipScorer
 from wilss.foundation.dino import colour_jitter, cosine, train_dino
 from wilss.foundation.mimetic import mimetic_init_
 from wilss.foundation.vit import VitEvidence
+from wilss.models.student import TINY_WEIGHTS, load_backbone_file
 
 FOUNDATION_SEED = 2_000_003  # not the benchmark's (0..), nor the tiny backbone's (1_000_003)
 CAPTIONS = ("a photo of {}.", "a picture of {}.", "an image of {}.", "a drawing of {}.", "{}.")
 BACKGROUND = "the background"  # what a caption names when no object is in view
 DEFAULT_MINUTES = 14.0
 CLIP_STEPS, DINO_STEPS = 500, 450  # at batch 64 / 32: about 6.5 and 5.5 minutes on the reference machine
+LIT_STEPS = 1000  # --clip lit-rn: about 3.3 minutes (its locked trunk needs no backward pass)
 NAMED_SHARE = 0.04  # an object is named when it covers this share of the view (and >= 4 pixels)
 
 
@@ -110,19 +126,26 @@ def view(image: torch.Tensor, mask: np.ndarray, rng: np.random.Generator) -> tup
 
 
 def train_clip(model: nn.Module, tokenizer: Callable, images: torch.Tensor, masks: np.ndarray, *, steps: int,
-               batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+               batch_size: int = 64, lr: float = 1e-3, seed: int = 0, locked: nn.Module | None = None,
                log: Callable[[str], None] = print) -> nn.Module:
-    """Contrastive view-caption training; captions naming the same class set are positives of each other."""
+    """Contrastive view-caption training; captions naming the same class set are positives of each other.
+
+    Only parameters with ``requires_grad`` are trained; ``locked`` (a frozen part, e.g. a LiT image
+    trunk) stays in eval mode, so its batch-norm statistics are not updated either.
+    """
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     pre = model.visual.preprocess_cfg
     mean, std = torch.tensor(pre["mean"]).view(1, 3, 1, 1), torch.tensor(pre["std"]).view(1, 3, 1, 1)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98), eps=1e-6)
     warmup, start = max(1, steps // 10), time.perf_counter()
     model.train()
+    if locked is not None:
+        locked.eval()
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr * (step + 1) / warmup if step < warmup else cosine(step - warmup, steps - warmup, lr, lr / 50)
@@ -151,10 +174,26 @@ def train_clip(model: nn.Module, tokenizer: Callable, images: torch.Tensor, mask
     return model.eval()
 
 
+def lit_clip() -> nn.Module:
+    """``wilss-tiny-clip-rn`` with its image trunk loaded from the shipped ``resnet-tiny`` weights and
+    locked (LiT): no gradient, eval mode. The projection, text tower and temperature remain trainable."""
+    torch.manual_seed(0)
+    model = open_clip.create_model(tiny.TINY_CLIP_RN)
+    trunk = model.visual.trunk.trunk  # the TinyResNet inside the timm wrapper
+    load_backbone_file(trunk, str(TINY_WEIGHTS))
+    trunk.eval().requires_grad_(False)
+    return model
+
+
 def save_fp16(model: nn.Module, path: Path) -> None:
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def weights_in(out: Path, shipped: Path) -> Path:
+    """``out``'s copy of a weight file, or the shipped one when ``out`` lacks it (a scratch ``--only clip`` run)."""
+    return out / shipped.name if (out / shipped.name).is_file() else shipped
 
 
 def report(cfg: FoundationConfig, n_images: int, log: Callable[[str], None] = print) -> dict[str, float]:
@@ -184,20 +223,33 @@ def main() -> None:
     p.add_argument("--scenes", type=int, default=8000, help="training scenes (shared by both models)")
     p.add_argument("--eval-images", type=int, default=100, help="val scenes for the sanity metrics")
     p.add_argument("--only", choices=("clip", "vit", "eval"), help="train one model, or only report metrics")
+    p.add_argument("--clip", choices=("vit", "lit-rn"), default="vit",
+                   help=f"the CLIP to train: the shipped ViT '{tiny.TINY_CLIP}' or the experimental LiT "
+                        f"'{tiny.TINY_CLIP_RN}' (its weights file has the same name: use a scratch --out)")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
+    if args.clip == "lit-rn" and out.resolve() == tiny.WEIGHTS_DIR.resolve():
+        p.error("--clip lit-rn writes and reads its CLIP weights in --out, and the default folder holds the "
+                "shipped ViT CLIP's: give a scratch --out")
     scale = args.minutes / DEFAULT_MINUTES
     clip_steps, dino_steps = max(1, round(CLIP_STEPS * scale)), max(1, round(DINO_STEPS * scale))
+    lit_steps = max(1, round(LIT_STEPS * scale))
+    clip_name = tiny.TINY_CLIP_RN if args.clip == "lit-rn" else tiny.TINY_CLIP
     start = time.perf_counter()
     if args.only != "eval":
         images, masks = make_scenes(args.scenes, 64, FOUNDATION_SEED)
         print(f"{args.scenes} scenes rendered in {time.perf_counter() - start:.0f}s")
     if args.only in (None, "clip"):
-        torch.manual_seed(0)
-        model = open_clip.create_model(tiny.TINY_CLIP)
-        mimetic_init_(model.visual)
-        model = train_clip(model, open_clip.get_tokenizer(tiny.TINY_CLIP), images, masks, steps=clip_steps)
+        if args.clip == "lit-rn":
+            model = lit_clip()
+            model = train_clip(model, open_clip.get_tokenizer(clip_name), images, masks, steps=lit_steps,
+                               locked=model.visual.trunk)
+        else:
+            torch.manual_seed(0)
+            model = open_clip.create_model(tiny.TINY_CLIP)
+            mimetic_init_(model.visual)
+            model = train_clip(model, open_clip.get_tokenizer(tiny.TINY_CLIP), images, masks, steps=clip_steps)
         save_fp16(model, out / tiny.CLIP_WEIGHTS.name)
     if args.only in (None, "vit"):
         torch.manual_seed(0)
@@ -210,8 +262,10 @@ def main() -> None:
         if (out / f).is_file():
             print(f"{out / f}: {(out / f).stat().st_size / 1e6:.1f} MB")
     print(f"training took {(time.perf_counter() - start) / 60:.1f} min")
-    cfg = FoundationConfig(clip_model=tiny.TINY_CLIP, clip_pretrained=str(out / tiny.CLIP_WEIGHTS.name),
-                           vit_model=tiny.TINY_VIT, vit_pretrained=str(out / tiny.VIT_WEIGHTS.name), resolution=64)
+    clip_file = out / tiny.CLIP_WEIGHTS.name if args.clip == "lit-rn" else weights_in(out, tiny.CLIP_WEIGHTS)
+    cfg = FoundationConfig(clip_model=clip_name, clip_pretrained=str(clip_file),
+                           vit_model=tiny.TINY_VIT, vit_pretrained=str(weights_in(out, tiny.VIT_WEIGHTS)),
+                           resolution=64)
     report(cfg, args.eval_images)
 
 
