@@ -121,7 +121,7 @@ def main() -> None:
     print(f"  recompute + pseudo       {1000 * t_recompute:9.1f} ms / batch")
     print(f"  student train iteration  {1000 * t_student:9.1f} ms / batch")
     print(f"  recompute / cached       {t_recompute / t_cached:9.1f} x   (target >= 10x)")
-    print(f"  cached / student         {100 * t_cached / t_student:9.1f} %   (target < 10%)")
+    print(f"  cached / student         {100 * t_cached / t_student:9.2f} %   (target < 10%)")
 
 
 if __name__ == "__main__":
