@@ -25,6 +25,8 @@ from wilss.launch.experiment import main as experiment_main
 from wilss.presets import preset
 from wilss.protocol import RunPaths, step_meta
 
+pytestmark = pytest.mark.faults
+
 ROOT = Path(__file__).resolve().parents[1]
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: the connection is refused at once
 

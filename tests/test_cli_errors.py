@@ -12,6 +12,8 @@ from PIL import Image
 
 from wilss.cli import main
 
+pytestmark = pytest.mark.faults
+
 
 def make_voc(root: Path, images: list[list[int]], size: int = 8) -> Path:
     """A VOC-aug tree whose i-th train image holds the classes ``images[i]`` (val: the same images)."""

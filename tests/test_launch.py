@@ -18,7 +18,7 @@ from wilss.launch import space as sp
 from wilss.launch.steps import RowSink, run_steps
 from wilss.launch.storage import Storage, partition_schema, read_row_at, read_rows, row_path, write_row_at
 from wilss.launch.sweep import Search, fits, plan, run_sweep
-from wilss.launch.trial import SweepSpec
+from wilss.launch.trial import SweepSpec, link_shared_data, trial_paths
 from wilss.presets import preset
 from wilss.protocol import run_step
 
@@ -111,6 +111,18 @@ def test_grid_values_are_checked(base):
 def spec_of(base, tmp_path, **kw):
     storage = Storage.of(tmp_path / "store")
     return SweepSpec(name=kw.pop("name", "s1"), base=base, storage=storage.uri, artifacts=str(tmp_path / "art"), **kw)
+
+
+def test_naive_trials_get_their_own_store_and_cache(base, tmp_path):
+    cfg = override(base, {"data.cache_dir": str(tmp_path / "cache")})
+    shared = spec_of(base, tmp_path)
+    assert trial_paths(shared, cfg, "a") == trial_paths(shared, cfg, "b") == (shared.artifacts, str(tmp_path / "cache"))
+    naive = dataclasses.replace(shared, share_stages=False)
+    (store_a, cache_a), (store_b, cache_b) = trial_paths(naive, cfg, "a"), trial_paths(naive, cfg, "b")
+    assert len({store_a, store_b, shared.artifacts}) == 3 and len({cache_a, cache_b, str(tmp_path / "cache")}) == 3
+    link_shared_data(tmp_path / "cache", cache_a)  # the data stays shared, the evidence does not
+    assert (Path(cache_a) / "synthetic").resolve() == (tmp_path / "cache" / "synthetic").resolve()
+    assert not (Path(cache_a) / "evidence").exists()
 
 
 def test_plan_grid_dims_tasks_and_seeds(base, tmp_path):

@@ -145,6 +145,7 @@ def _terminated(experiment: Path) -> set[str]:
     return done
 
 
+@pytest.mark.faults
 def test_killed_driver_resumes_without_duplicates_or_reruns(ray_home, tmp_path):
     storage = tmp_path / "sweeps"
     lrs = ["1e-4", "2e-4", "3e-4", "4e-4", "5e-4", "6e-4"]
@@ -235,6 +236,7 @@ def _train_worker_pids() -> list[int]:
     return pids
 
 
+@pytest.mark.faults
 def test_a_killed_train_worker_is_replaced_and_the_run_matches_an_uninterrupted_one(ray_home, small_synthetic,
                                                                                    tmp_path):
     """kill -9 one of 2 gloo workers in the middle of step 1: Ray Train restarts the worker group from the

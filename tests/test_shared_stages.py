@@ -14,12 +14,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from wilss.artifacts import StepStore
 from wilss.config import FoundationConfig
 from wilss.data.readers import ImageList
 from wilss.foundation import FoundationEvidence, tiny
+
+pytestmark = pytest.mark.faults
 
 TINY = FoundationConfig(clip_model=tiny.TINY_CLIP, clip_pretrained="", vit_model=tiny.TINY_VIT, vit_pretrained="",
                         resolution=64, prompts="short", batch_size=1)

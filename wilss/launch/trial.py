@@ -9,13 +9,17 @@ Either way, steps whose row and artifact exist are skipped (a restored trial pic
 stopped), a step another trial built is reused (``wilss.launch.steps``), and the trial reports once
 per step to Tune: ``inc_step`` (monotonic across the trial's tasks), the step's metric, and
 ``objective`` (the latest metric of each task, averaged over the trial's tasks).
+
+``share_stages=False`` is the naive baseline (``experiments/benchmarks/sweep_cost.py``): every trial
+gets its own step store and evidence cache (``trial_paths``), so it trains step 0 and computes the
+foundation evidence itself; only the data (the synthetic benchmark, the class-presence index) stays shared.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from wilss.artifacts import StepStore
@@ -44,6 +48,7 @@ class SweepSpec:
     metric: str = "miou_all"
     mode: str = "max"
     objective: str = "per-task"  # or "mean"
+    share_stages: bool = True  # False: each trial builds its own steps and evidence (the naive baseline)
 
     def trial_tasks(self, cfg: Config) -> tuple[str, ...]:
         return self.tasks if self.objective == "mean" and self.tasks else (cfg.data.task,)
@@ -55,13 +60,47 @@ def n_reports(cfg: Config, tasks: tuple[str, ...]) -> int:
     return sum(1 if joint else get_task(cfg.data.dataset, t).n_steps for t in tasks)
 
 
+# What a naive trial still reads from the shared cache: data, not stages (its evidence is its own).
+SHARED_DATA = ("synthetic", "classsets")
+
+
+def shared_cache(cfg: Config) -> str:
+    """The cache folder every run on the machine shares (evidence, synthetic data, class presence)."""
+    from wilss.data.datasets import default_cache_dir
+
+    return cfg.data.cache_dir or str(default_cache_dir())
+
+
+def trial_paths(spec: SweepSpec, cfg: Config, trial_id: str) -> tuple[str, str]:
+    """(step-artifact folder, cache folder) of one trial: the sweep's shared ones, or with
+    ``share_stages=False`` its own ``<artifacts>/<trial_id>`` and ``<artifacts>/<trial_id>/cache``."""
+    if spec.share_stages:
+        return spec.artifacts, shared_cache(cfg)
+    own = str(Path(spec.artifacts, trial_id))
+    return own, str(Path(own, "cache"))
+
+
+def link_shared_data(shared: str | Path, cache: str | Path) -> None:
+    """Make a trial's own cache read the data (``SHARED_DATA``) from the shared cache."""
+    for name in SHARED_DATA:
+        target, link = Path(shared, name).resolve(), Path(cache, name)
+        target.mkdir(parents=True, exist_ok=True)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+
+
 def trial_main(params: dict, spec: SweepSpec) -> None:
     """The Tune function trainable (wrapped with ``tune.with_parameters(..., spec=...)``)."""
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    storage, store = Storage(spec.storage), StepStore(spec.artifacts)
     cfg = override(spec.base, params)
+    artifacts, cache = trial_paths(spec, cfg, trial_id)
+    if not spec.share_stages:
+        link_shared_data(shared_cache(cfg), cache)
+        cfg = override(cfg, {"data.cache_dir": cache})
+    storage, store = Storage(spec.storage), StepStore(artifacts)
     tasks = spec.trial_tasks(cfg)
     logs = log_dir(storage, spec.name)
     logs.mkdir(parents=True, exist_ok=True)
@@ -71,7 +110,7 @@ def trial_main(params: dict, spec: SweepSpec) -> None:
           contextlib.redirect_stderr(logfile)):
 
         def log(msg: str) -> None:
-            logfile.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+            logfile.write(f"{datetime.now():%H:%M:%S.%f}"[:-3] + f" {msg}\n")
 
         _walk(spec, params, cfg, tasks, storage, store, trial_id, log)
 
