@@ -39,7 +39,9 @@ def test_parse_assignments():
 
 
 def test_presets_are_valid():
-    for name in ("synthetic", "voc", "ade", "coco-voc"):
+    from wilss.presets import PRESETS
+
+    for name in PRESETS:
         override(preset(name), {})
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("nope")

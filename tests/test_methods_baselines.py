@@ -211,7 +211,8 @@ def test_paper_presets_are_one_name_away():
     expect = {"voc-dkd": ("dkd", 1e-3, 1e-4, 60, 32), "voc-dkd-m": ("dkd-m", 1e-3, 1e-4, 60, 32),
               "ade-dkd": ("dkd", 2.5e-3, 2.5e-4, 100, 24), "ade-dkd-m": ("dkd-m", 2.5e-3, 2.5e-4, 100, 24),
               "voc-mib": ("mib", 0.01, 0.001, 30, 24), "voc-wilson": ("wilson", 0.01, 0.001, 30, 24),
-              "coco-voc-wilson": ("wilson", 0.01, 0.001, 30, 24)}
+              "coco-voc-wilson": ("wilson", 0.01, 0.001, 30, 24), "voc-fmwiss": ("fmwiss", 0.01, 1e-3, 30, 24),
+              "coco-voc-fmwiss": ("fmwiss", 0.01, 1e-3, 30, 24)}
     for name, (method, lr, lr_next, epochs, batch) in expect.items():
         cfg = override(preset(name), {})
         assert (cfg.method, cfg.train.lr, cfg.train.lr_next, cfg.train.epochs, cfg.train.batch_size) == (
@@ -225,3 +226,9 @@ def test_paper_presets_are_one_name_away():
     assert (wil.wilson.alpha, wil.wilson.pseudo_epoch, wil.train.epochs_next, wil.wilson.flat_lr_step0) == (
         0.5, 5, 40, True)
     assert coco.wilson.alpha == 0.9 and coco.data.dataset == "coco-voc"
+    fm = preset("voc-fmwiss")  # METHOD.md §5.6: paper knobs, real foundation models, 40 epochs, 5 warm-up
+    assert (fm.fmwiss.lambda_dcl, fm.fmwiss.alpha, fm.fmwiss.beta, fm.fmwiss.warmup_epochs) == (0.1, 0.5, 0.9, 5)
+    assert (fm.pseudo.n_seeds, fm.pseudo.fusion, fm.pseudo.topk, fm.train.epochs_next) == (9, "union", 0.7, 40)
+    assert (fm.foundation.clip_model, fm.foundation.clip_pretrained, fm.foundation.vit_pretrained) == (
+        "ViT-B-16", "openai", "dino")
+    assert preset("coco-voc-fmwiss").data.dataset == "coco-voc"
