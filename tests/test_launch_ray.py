@@ -188,6 +188,8 @@ def test_killed_driver_resumes_without_duplicates_or_reruns(ray_home, tmp_path):
     for trial in recorded:  # finished trials did not start again
         assert (logs / f"{trial}.log").read_text().count(" of ablate_lambda-smoke") == 1
     assert "train.lr_next" in out.stdout  # the closing table
+    # no half-written file: no temp row file, no temp artifact folder of a builder killed mid-publish
+    assert not list(results.rglob("*.tmp")) and not list((storage / "artifacts").glob(".*"))
 
 
 def test_ablate_seeds_trains_step0_once(ray_home, tmp_path):

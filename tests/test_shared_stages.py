@@ -127,8 +127,9 @@ def test_a_step_artifact_builder_killed_while_building_publishes_nothing(tmp_pat
     release.set()
     proc.join(60)
     assert proc.exitcode == -signal.SIGKILL
+    assert list(tmp_path.glob(".k.*"))  # the killed builder's temp folder
     with store.lock("k"):  # the lock died with its holder: the next builder gets it at once
-        assert store.get("k") is None
+        assert store.get("k") is None and not list(tmp_path.glob(".k.*"))  # and its leftovers are gone
         with store.publish("k") as tmp:
             (tmp / "checkpoint.pt").write_bytes(b"full")
             (tmp / "row.json").write_text("{}")

@@ -118,9 +118,15 @@ class StepStore:
         self._verified[key] = stamp
         return ""
 
+    @contextlib.contextmanager
     def lock(self, key: str):
-        """Exclusive per-key lock (blocks while another process builds the same artifact)."""
-        return file_lock(self.root / f"{key}.lock")
+        """Exclusive per-key lock (blocks while another process builds the same artifact). Holding it,
+        any temp folder of ``key`` left by a builder that was killed mid-publish is removed: no live
+        process can be writing one."""
+        with file_lock(self.root / f"{key}.lock"):
+            for stale in self.root.glob(f".{key}.*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            yield
 
     @contextlib.contextmanager
     def publish(self, key: str):
