@@ -13,7 +13,7 @@ from PIL import Image
 from wilss.data import synthetic
 from wilss.errors import DataError
 
-SMALL = dict(n_train=12, n_val=4, size=64, progress=False)
+SMALL = {"n_train": 12, "n_val": 4, "size": 64, "progress": False}
 
 
 @pytest.fixture(scope="module")

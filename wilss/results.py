@@ -29,7 +29,7 @@ def provenance() -> dict[str, str]:
 
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
+                             text=True, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return {"git_sha": sha or "unknown", "version.wilss": __version__, "version.torch": torch.__version__,

@@ -48,8 +48,8 @@ def default_cache_dir() -> Path:
 def resolve_root(cfg: DataConfig, cache_dir: Path, progress: bool = True) -> Path:
     """The dataset's folder; for the synthetic default, generate the benchmark on first use."""
     if cfg.dataset == "synthetic" and not cfg.root:
-        params = dict(seed=cfg.synthetic_seed, n_train=cfg.synthetic_train, n_val=cfg.synthetic_val,
-                      size=cfg.synthetic_size)
+        params = {"seed": cfg.synthetic_seed, "n_train": cfg.synthetic_train, "n_val": cfg.synthetic_val,
+                  "size": cfg.synthetic_size}
         return synthetic.ensure(synthetic.default_root(cache_dir, **params), progress=progress, **params)
     if not cfg.root:
         raise DataError(f"dataset '{cfg.dataset}' needs its data root: pass --data-root DIR "

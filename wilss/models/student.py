@@ -60,7 +60,7 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: str = "") -> 
             raise ConfigError(f"backbone '{name}' has no ImageNet weights: set model.pretrained='' or a file")
         try:
             net = ctor(weights=weights, **kwargs)
-        except Exception as e:  # offline: the download fails
+        except Exception as e:  # noqa: BLE001 - offline, hub and file errors all mean: no weights
             raise ConfigError(f"cannot load ImageNet weights for '{name}' ({type(e).__name__}: {e}); "
                               f"download {weights.url} and pass the file as model.pretrained=PATH") from None
     else:
