@@ -37,7 +37,8 @@ image-level labels on other synthetic scenes), locked; only the linear projectio
 features, the text tower and the temperature are trained. 1000 steps (4.0 min with rendering): CLIP
 M_init 11.9 / 11.3 (short / imagenet prompts; both dense modes are the same for this tower), random
 init 6.8-7.0; 1500 steps at lr 3e-3 gave the same 11.9. The cosine is what holds it back only in part:
-the un-normalised per-location scores (a CAM) reach 15.6.
+the un-normalised per-location scores (a CAM) reach 15.6. Unlocking the trunk (the whole tower trained
+from the resnet-tiny init, lr 3e-4, 1000 steps, 4.0 min at 2 threads) gave 12.4 / 10.9: no better.
 
     OMP_NUM_THREADS=1 python -m wilss.foundation.pretrain_synthetic --clip lit-rn --only clip --out /tmp/lit
 
