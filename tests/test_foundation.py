@@ -240,9 +240,15 @@ def test_corrupt_entries_are_detected_and_rebuilt(tmp_path, image_list):
     data = bytearray(entries[1].read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle
     entries[1].write_bytes(bytes(data))
-    stats = FoundationEvidence(TINY, cache).ensure(image_list, np.arange(3), progress=False)
-    assert 1 <= stats["misses"] <= 2 and stats["hits"] + stats["misses"] == 3
-    assert len(_entries(cache)) == 6
+    fresh = FoundationEvidence(TINY, cache)
+    assert fresh.ensure(image_list, np.arange(3), progress=False)["misses"] == 0  # by presence: not read
+    for j in range(3):  # load checks every entry it reads and rebuilds the damaged ones
+        assert torch.equal(fresh.load(image_list, j)["k"], ev.load(image_list, j)["k"])
+    assert 1 <= fresh.misses <= 2 and len(_entries(cache)) == 6
+    entries = _entries(cache)
+    entries[0].write_bytes(entries[0].read_bytes()[:100])
+    stats = FoundationEvidence(TINY, cache).ensure(image_list, np.arange(3), progress=False, verify=True)
+    assert stats["misses"] == 1 and stats["hits"] == 2 and len(_entries(cache)) == 6  # the repair pass
     assert torch.equal(FoundationEvidence(TINY, cache).load(image_list, 1)["k"], reference["k"])
 
 

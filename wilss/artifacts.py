@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from wilss.atomic import file_lock
+from wilss.atomic import file_lock, sha256_file
 from wilss.config import Config, flatten
 
 # Keys that never change what a step produces (where files go, logging, loader parallelism).
@@ -57,11 +57,7 @@ def step_key(cfg: Config, step: int, sections: tuple[str, ...] = (), step0_keys:
 
 def file_digest(path: Path) -> dict:
     """Size and sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _warn(message: str) -> None:

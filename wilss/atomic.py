@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -55,3 +56,34 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_writable_dir(folder: str | Path, flag: str) -> None:
+    """WilssError (naming ``flag``) unless ``folder`` is, or could be created as, a writable folder.
+
+    Creates nothing that stays: it writes and removes a temp file in the nearest existing ancestor
+    (a real write, since permission bits tell nothing to root, ACLs or a read-only mount)."""
+    from wilss.errors import WilssError
+
+    folder = Path(folder).expanduser().absolute()
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        where = "is a file" if parent == folder else f"is under the file {parent}"
+        raise WilssError(f"{flag} {folder} {where}: give a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise WilssError(f"{flag} {folder}: cannot write to {parent} ({e.strerror or type(e).__name__}): "
+                         f"give a folder you can write to") from None

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from wilss.atomic import write_text
+from wilss.atomic import check_writable_dir, write_text
 from wilss.errors import WilssError
 from wilss.presets import PRESETS
 
@@ -84,8 +84,6 @@ def _cmd_run(args: argparse.Namespace) -> None:
     if config_file.is_file() and config_file.read_text() != to_json(cfg):
         raise WilssError(f"{out} holds a run with another config ({config_file}): choose a new --out, "
                          f"or rerun with the same preset and --set values to resume it")
-    from wilss.launch.storage import check_writable_dir
-
     check_writable_dir(out, "--out")
     created = not out.exists()
     try:
@@ -126,7 +124,7 @@ def _cmd_cache_build(args: argparse.Namespace) -> None:
         raise WilssError(f"task {cfg.data.task} has no weak step (steps >= 1): nothing to cache")
     indices = np.unique(np.concatenate([data.train_splits[t] for t in weak]))
     evidence = FoundationEvidence(cfg.foundation, cache_dir, resolve_device(cfg.train.device))
-    stats = evidence.ensure(data.train, indices, progress=not args.quiet)
+    stats = evidence.ensure(data.train, indices, progress=not args.quiet, verify=True)  # repairs damage
     names = DATASETS[cfg.data.dataset].classes
     evidence.text_embeddings([str(names[c]) for t in weak for c in data.task.new(t)])
     print(f"foundation evidence of {len(indices)} images (steps {weak.start}-{weak.stop - 1}): "

@@ -103,17 +103,6 @@ def step_meta(cfg: Config, step: int, n_classes: int) -> dict:
             "overlap": cfg.data.overlap, "step": step, "method": cfg.method, "n_classes": n_classes}
 
 
-def check_weights(cfg: Config, method: Method) -> None:
-    """Resolve the foundation models' weights before any training: a missing file or unknown tag
-    fails now, not after step 0 has trained for minutes."""
-    if "foundation" in method.sections:
-        from wilss.foundation.clip import clip_weights
-        from wilss.foundation.vit import vit_weights
-
-        clip_weights(cfg.foundation)
-        vit_weights(cfg.foundation)
-
-
 def run_step(cfg: Config, step: int, checkpoint: Path | None, *, previous: Path | None = None,
              data: PreparedData | None = None, device: torch.device | str | None = None,
              cache_dir: str | Path | None = None, progress: bool = False, log: Callable[[str], None] = print,
@@ -168,7 +157,7 @@ def run_protocol(cfg: Config, out: str | Path, *, sweep: str = "", trial_id: str
     store = StepStore(store) if isinstance(store, (str, Path)) else store
     device = engine.resolve_device(cfg.train.device)
     method = create_method(cfg.method)
-    check_weights(cfg, method)
+    method.check(cfg)
     cache_dir = Path(cfg.data.cache_dir or paths.cache)
     data = prepare(cfg.data, cache_dir, progress=progress)
     task = data.task

@@ -16,7 +16,6 @@ Every source has a ``digest`` that names the weights in cache keys: the sha256 o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from wilss.atomic import sha256_file
 from wilss.errors import ConfigError
 
 RANDOM_SEED = 0
@@ -37,11 +37,7 @@ def file_sha256(path: str | Path) -> str:
     key = str(path)
     digest = _FILE_DIGESTS.get(key)
     if digest is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = _FILE_DIGESTS[key] = h.hexdigest()
+        digest = _FILE_DIGESTS[key] = sha256_file(path)
     return digest
 
 

@@ -140,17 +140,24 @@ class FoundationEvidence:
             for i, qi, ki in zip(sel, q, k):
                 self.store.write(*self._key("vit", self._image_digest(paths[i])), {"q": qi, "k": ki})
 
-    def _need(self, path: Path) -> tuple[bool, bool]:
-        """(CLIP entry missing, ViT entry missing) for one image; an invalid entry counts as missing."""
-        return self._read("clip", path) is None, self._read("vit", path) is None
+    def _need(self, path: Path, verify: bool) -> tuple[bool, bool]:
+        """(CLIP entry missing, ViT entry missing) for one image. ``verify`` reads and checks each entry
+        (an invalid one counts as missing); otherwise an entry file that exists counts, and ``load``
+        checks it when training reads it (rebuilding it on the spot if it is damaged)."""
+        if verify:
+            return self._read("clip", path) is None, self._read("vit", path) is None
+        digest = self._image_digest(path)
+        return tuple(not self.store.path(*self._key(kind, digest)).is_file() for kind in ("clip", "vit"))
 
     def lock_path(self) -> Path:
         """One lock per pair of model identities: processes computing the same models' evidence take turns."""
         return self.store.root / f"{self._key('clip', '')[0]}+{self._key('vit', '')[0]}.lock"
 
     def ensure(self, images: ImageList, indices: Iterable[int], progress: bool = True,
-               log: Callable[[str], None] = print) -> dict:
-        """Make sure every image of ``indices`` has valid evidence; compute the misses in batches.
+               log: Callable[[str], None] = print, verify: bool = False) -> dict:
+        """Make sure every image of ``indices`` has evidence; compute the misses in batches. Entries are
+        found by presence (``load`` checks each when training reads it, and rebuilds a damaged one), or
+        read and checked one by one with ``verify`` (``wilss cache build``: a repair pass).
 
         Computing holds ``lock_path()``: a second process (another trial of a sweep) that needs the same
         evidence meanwhile waits, then finds it cached instead of computing it again. Returns
@@ -159,11 +166,11 @@ class FoundationEvidence:
         start = time.perf_counter()
         order = list(dict.fromkeys(int(j) for j in np.asarray(list(indices)).ravel()))
         paths = [images.images[j] for j in order]
-        missing = [p for p in paths if any(self._need(p))]
+        missing = [p for p in paths if any(self._need(p, verify))]
         computed = 0
         if missing:
             with file_lock(self.lock_path()):
-                todo = [(p, need) for p in missing if any(need := self._need(p))]  # others may have built some
+                todo = [(p, need) for p in missing if any(need := self._need(p, verify))]  # others built some?
                 computed = len(todo)
                 self._compute_batches(todo, len(paths) - len(todo), len(paths), progress, log)
         self.hits += len(paths) - computed

@@ -25,15 +25,14 @@ import io
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from wilss.atomic import write_text
-from wilss.errors import ConfigError, WilssError
+from wilss.atomic import check_writable_dir, write_text
+from wilss.errors import ConfigError
 from wilss.results import write_row
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -118,26 +117,6 @@ class Storage:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
                       and not i.base_name.startswith("."))
-
-
-def check_writable_dir(folder: str | Path, flag: str) -> None:
-    """WilssError (naming ``flag``) unless ``folder`` is, or could be created as, a writable folder.
-
-    Creates nothing that stays: it writes and removes a temp file in the nearest existing ancestor
-    (a real write, since permission bits tell nothing to root, ACLs or a read-only mount)."""
-    folder = Path(folder).expanduser().absolute()
-    parent = folder
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        where = "is a file" if parent == folder else f"is under the file {parent}"
-        raise WilssError(f"{flag} {folder} {where}: give a folder")
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as e:
-        raise WilssError(f"{flag} {folder}: cannot write to {parent} ({e.strerror or type(e).__name__}): "
-                         f"give a folder you can write to") from None
 
 
 # --------------------------------------------------------------------------------------------------

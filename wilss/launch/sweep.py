@@ -21,18 +21,19 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from wilss.atomic import check_writable_dir
 from wilss.config import flatten, override
 from wilss.errors import ConfigError, WilssError
 from wilss.launch import space as sp
 from wilss.launch.storage import (
     Storage,
     check_name,
-    check_writable_dir,
     read_rows,
     read_sweep_record,
     write_sweep_record,
 )
 from wilss.launch.trial import METRICS, SweepSpec, n_reports, trial_main
+from wilss.methods import create_method
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ def plan(spec: SweepSpec, search: Search, tasks: tuple[str, ...] = (), repeats: 
     for t in tasks:
         check_name("task", t)
         override(base, {"data.task": t})  # an unknown task fails here, naming it
+    methods = search.grid.get("method", [base.method]) if search.kind == "grid" else [base.method]
+    for m in dict.fromkeys(methods):  # missing model files etc. fail here, not in every trial
+        create_method(str(m)).check(override(base, {"method": m}))
     seeds = [base.train.seed + i for i in range(repeats)]
     spec = dataclasses.replace(spec, tasks=tasks if spec.objective == "mean" else ())
     if search.kind == "grid":

@@ -86,6 +86,10 @@ class Method:
     sections: tuple[str, ...] = ()
     step0_keys: tuple[str, ...] = ()
 
+    def check(self, cfg: Config) -> None:
+        """Refuse what would fail only later in the run (e.g. missing model files), before any training:
+        ``run_protocol`` and a sweep's planning call it. Config values are already range-checked."""
+
     def create_model(self, cfg: Config, step_sizes: list[int]) -> nn.Module:
         from wilss.models import create_student
 

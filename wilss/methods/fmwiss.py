@@ -53,6 +53,14 @@ class FMWISS(Method):
         self.evidence = None
         self.teacher: PlugInTeacher | None = None
 
+    def check(self, cfg) -> None:
+        """Resolve both foundation models' weights (names, tags, files) now, not after step 0."""
+        from wilss.foundation.clip import clip_weights
+        from wilss.foundation.vit import vit_weights
+
+        clip_weights(cfg.foundation)
+        vit_weights(cfg.foundation)
+
     # ---------------------------------------------------------------------------------------------
     # data
 
