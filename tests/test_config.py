@@ -24,6 +24,8 @@ def test_flat_names_round_trip():
     ({"method": "magic"}, ["unknown method 'magic'", "finetune"]),
     ({"train": "1"}, ["section"]),
     ({"data.scale_min": "3"}, ["data.scale_min"]),
+    ({"method": "fmwiss", "train.epochs_next": "1"}, ["fmwiss.warmup_epochs (1)", "train.epochs_next (1)"]),
+    ({"method": "wilson", "wilson.pseudo_epoch": "8"}, ["wilson.pseudo_epoch (8)", "train.epochs_next (8)"]),
 ])
 def test_strict_overrides_name_the_key(updates, words):
     with pytest.raises(ConfigError) as e:

@@ -136,6 +136,30 @@ def test_plan_grid_dims_tasks_and_seeds(base, tmp_path):
     assert mean.spec.tasks == ("10-5", "5-5") and mean.first_point["pseudo.n_seeds"] == 9
 
 
+def test_shared_jobs_are_the_leading_steps_several_trials_need(base, tmp_path):
+    from wilss.launch.prebuild import shared_jobs
+
+    def jobs(search, tasks=(), repeats=1, **kw):
+        return shared_jobs(plan(spec_of(base, tmp_path, **kw), search, tasks, repeats=repeats))
+
+    # N acts after step 0: one step-0 job per (task, seed), each shared by the N values
+    (job,) = jobs(Search(grid={"pseudo.n_seeds": [1, 3, 9]}))
+    assert job.steps == (0,) and job.users == 3 and job.cfg.method == "fmwiss"
+    grid = jobs(Search(grid={"pseudo.n_seeds": [1, 3]}), ("10-5", "5-5"), repeats=2)
+    assert sorted((j.cfg.data.task, j.cfg.train.seed, j.users) for j in grid) == [
+        ("10-5", 0, 2), ("10-5", 1, 2), ("5-5", 0, 2), ("5-5", 1, 2)]
+    # a knob of step 0 (the memory it fills) or a single trial: nothing is shared
+    assert jobs(Search(grid={"fmwiss.memory_per_class": [10, 20]})) == []
+    assert jobs(Search(grid={"pseudo.n_seeds": [9]})) == []
+    # many steps: N acts from step 1 on, so only step 0 is common (each later step depends on N)
+    (chain,) = jobs(Search(grid={"pseudo.n_seeds": [1, 3]}), ("10-1",))
+    assert chain.steps == (0,) and len(chain.keys) == 1
+    # Optuna: the trials share step 0 unless a searched key determines it
+    (opt,) = jobs(Search(kind="optuna", space=sp.PAPER_SPACE, num_samples=4))
+    assert opt.steps == (0,) and opt.users == 4
+    assert jobs(Search(kind="optuna", space=("train.lr=1e-4:1e-2:log",), num_samples=4)) == []
+
+
 @pytest.mark.parametrize("kw, search, tasks, words", [
     ({}, Search(kind="optuna", space=("pseudo.fusion=union,sum",)), (), "pseudo.fusion"),
     ({}, Search(grid={"pseudo.n_seed": [1]}), (), "pseudo.n_seed"),

@@ -180,11 +180,12 @@ def test_killed_driver_resumes_without_duplicates_or_reruns(ray_home, tmp_path):
     assert len(after) == len(df) == 12 and df.groupby(["trial_id", "step"]).size().eq(1).all()
     assert sorted(df["train.lr_next"].unique()) == [float(v) for v in lrs]
     assert all(after[p] == t for p, t in before.items())  # rows written before the kill were not redone
-    # no step was trained to the end twice: 7 trainings (the shared step 0, six steps 1) over both runs
-    # (the step in flight at the kill starts again); a trial Tune had not yet recorded as finished may
-    # start again, but then skips the steps it had finished
+    # no step was trained to the end twice: 7 trainings (the shared step 0, built before the trials, and
+    # six steps 1) over both runs (the step in flight at the kill starts again); a trial Tune had not yet
+    # recorded as finished may start again, but then skips the steps it had finished
     text = "".join(f.read_text() for f in logs.glob("*.log"))
-    assert len(re.findall(r"step \d: mIoU all", text)) == 7 and text.count("reused the shared artifact") == 5
+    assert len(re.findall(r"step \d: mIoU all", text)) == 7 and text.count("reused the shared artifact") == 6
+    assert len(list(logs.glob("shared-*.log"))) == 1  # the resumed sweep did not build it again
     for trial in recorded:  # finished trials did not start again
         assert (logs / f"{trial}.log").read_text().count(" of ablate_lambda-smoke") == 1
     assert "train.lr_next" in out.stdout  # the closing table
@@ -202,7 +203,9 @@ def test_ablate_seeds_trains_step0_once(ray_home, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     df = read_rows(Storage.of(tmp_path / "sweeps"), "ablate_seeds-smoke")
     step0 = df[df["step"] == 0]
-    assert len(step0) == 2 and sorted(step0["cache.step_hit"]) == [False, True]
+    # built once before the trials, with both CPUs; both trials reuse it
+    assert "building step 0 of 10-5 (seed 0), shared by 2 trials, before the trials, with 2 CPU" in out.stdout
+    assert len(step0) == 2 and step0["cache.step_hit"].all() and (step0["time.build_s"] > 0).all()
     assert step0["cache.step_key"].nunique() == 1 and (df["method"] == "fmwiss").all()
     step1 = df[df["step"] == 1]  # N changes step 1: each trial trained its own, from cached evidence
     assert sorted(step1["pseudo.n_seeds"]) == [1, 3] and not step1["cache.step_hit"].any()

@@ -365,6 +365,15 @@ def validate(cfg: Config) -> None:
     if cfg.fmwiss.paste_scale_min > cfg.fmwiss.paste_scale_max:
         raise ConfigError(f"fmwiss.paste_scale_min ({cfg.fmwiss.paste_scale_min}) must not exceed "
                           f"fmwiss.paste_scale_max ({cfg.fmwiss.paste_scale_max})")
+    # A warm-up as long as the step leaves the student untrained: no error would show it otherwise.
+    if cfg.method == "fmwiss" and cfg.fmwiss.teacher and cfg.fmwiss.warmup_epochs >= cfg.train.epochs_next:
+        raise ConfigError(f"fmwiss.warmup_epochs ({cfg.fmwiss.warmup_epochs}) must be below train.epochs_next "
+                          f"({cfg.train.epochs_next}), or the student never trains: lower the warm-up "
+                          f"(the paper warms up for 5 of 40 epochs) or raise train.epochs_next")
+    if cfg.method == "wilson" and cfg.wilson.pseudo_epoch >= cfg.train.epochs_next:
+        raise ConfigError(f"wilson.pseudo_epoch ({cfg.wilson.pseudo_epoch}) must be below train.epochs_next "
+                          f"({cfg.train.epochs_next}), or the student never trains: lower it (the paper starts "
+                          f"l_SEG at epoch 5 of 40) or raise train.epochs_next")
     if cfg.data.scale_min > cfg.data.scale_max:
         raise ConfigError(f"data.scale_min ({cfg.data.scale_min}) must not exceed data.scale_max "
                           f"({cfg.data.scale_max})")

@@ -108,6 +108,14 @@ def cluster_totals() -> dict[str, float]:
             DRIVER_RESOURCE: float(res.get(DRIVER_RESOURCE, 0))}
 
 
+def free_node_cpus() -> float:
+    """CPUs one task can hold now: the largest node's CPUs, at most what the cluster has free."""
+    import ray
+
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    return min(float(largest), float(ray.available_resources().get("CPU", 0.0)))
+
+
 def node_columns() -> dict[str, str]:
     """Where this process runs, as result-row columns."""
     import ray

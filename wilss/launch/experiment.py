@@ -275,8 +275,8 @@ def print_summary(result: SweepResult, spec: SweepSpec, keys: list[str], search:
     for line in [names, *rows]:
         print("  ".join(v.rjust(w) for v, w in zip(line, widths)))
     step0 = df[df["step"] == 0]
-    if "cache.step_hit" in df.columns and len(step0):
-        built = int((~step0["cache.step_hit"].astype(bool)).sum())
+    if "cache.step_key" in df.columns and len(step0):  # one artifact per key, trained once, then reused
+        built = int(step0["cache.step_key"].nunique())
         print(f"step 0: trained {built} time(s) for {len(step0)} run(s), {len(step0) - built} reused a shared "
               f"artifact")
     print(f"results: {result.storage.uri_of('results', f'sweep={spec.name}')} (Parquet, one row per trial and step)")

@@ -37,6 +37,27 @@ class RowSink:
     write: Callable[[int, dict], None]
 
 
+def ensure_step(cfg: Config, step: int, key: str, build: Build, previous: Path | None, store: StepStore,
+                log: Callable[[str], None] = print) -> dict:
+    """The artifact ``key`` of ``step`` in ``store``: reused when there, else built and published.
+
+    Returns the step's columns: those it was built with, ``cache.step_hit`` (True when reused) and,
+    when reused, ``time.build_s`` (what building it took) and ``time.step_s`` (the wait for it).
+    """
+    t0 = time.perf_counter()
+    with store.lock(key):  # another run building this step: wait for it, then reuse it
+        hit = store.get(key)
+        if hit:
+            built = json.loads((hit / "row.json").read_text())
+            log(f"step {step}: reused the shared artifact {key} (mIoU all {built['miou_all']:.3f})")
+            return built | {"cache.step_hit": True, "time.build_s": built.get("time.step_s", float("nan")),
+                            "time.step_s": time.perf_counter() - t0}
+        with store.publish(key) as tmp:
+            cols = build(cfg, step, previous, tmp / "checkpoint.pt") | {"cache.step_hit": False}
+            write_text(tmp / "row.json", json.dumps(cols))
+        return cols
+
+
 def run_steps(cfg: Config, build: Build, sink: RowSink, store: StepStore, *, ids: dict | None = None,
               extra: Callable[[], dict] | None = None, on_row: Callable[[dict, bool], None] | None = None,
               log: Callable[[str], None] = print) -> list[dict]:
@@ -58,18 +79,7 @@ def run_steps(cfg: Config, build: Build, sink: RowSink, store: StepStore, *, ids
             if on_row:
                 on_row(done, True)
             continue
-        t0 = time.perf_counter()
-        with store.lock(key):  # another run building this step: wait for it, then reuse it
-            hit = store.get(key)
-            if hit:
-                built = json.loads((hit / "row.json").read_text())
-                cols = built | {"cache.step_hit": True, "time.build_s": built.get("time.step_s", float("nan")),
-                                "time.step_s": time.perf_counter() - t0}
-                log(f"step {step}: reused the shared artifact {key} (mIoU all {built['miou_all']:.3f})")
-            else:
-                with store.publish(key) as tmp:
-                    cols = build(cfg, step, previous, tmp / "checkpoint.pt") | {"cache.step_hit": False}
-                    write_text(tmp / "row.json", json.dumps(cols))
+        cols = ensure_step(cfg, step, key, build, previous, store, log)
         previous = store.get(key) / "checkpoint.pt"
         row = (make_row(cfg, step=step, metrics={}, timings={}, **(ids or {})) | cols
                | {"cache.step_key": key} | (extra() if extra else {}))
