@@ -160,6 +160,49 @@ def test_shared_jobs_are_the_leading_steps_several_trials_need(base, tmp_path):
     assert jobs(Search(kind="optuna", space=("train.lr=1e-4:1e-2:log",), num_samples=4)) == []
 
 
+def test_a_failed_shared_build_leaves_the_step_to_the_trials(base, tmp_path, monkeypatch):
+    """build_shared skips what the store holds, gives each job the node's CPUs, and turns a failed build
+    into a warning (the trials then build the step and record their own errors)."""
+    import sys
+    import types
+
+    from wilss.launch.prebuild import build_shared, shared_jobs
+
+    s = spec_of(base, tmp_path)
+    jobs = shared_jobs(plan(s, Search(grid={"pseudo.n_seeds": [1, 3]}), ("10-5", "5-5")))
+    asked = []
+
+    class Remote:
+        def __init__(self, fn, opts):
+            self.opts = opts
+
+        def remote(self, job, *args):
+            asked.append((job.cfg.data.task, self.opts))
+            return job
+
+    def get(job):
+        if job.cfg.data.task == "5-5":
+            raise RuntimeError("worker died\nOutOfMemoryError: no memory left")
+        return 12.0
+
+    fake = types.SimpleNamespace(remote=lambda **opts: (lambda fn: Remote(fn, opts)), get=get)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    lines = []
+    build_shared(jobs, s, 4.0, log=lines.append)
+    assert sorted(asked) == [("10-5", {"num_cpus": 2.0}), ("5-5", {"num_cpus": 2.0})]  # 4 CPUs, 2 jobs
+    assert any("built step 0 of 10-5" in m and "in 12s" in m for m in lines)
+    assert any("warning: building step 0 of 5-5" in m and "OutOfMemoryError" in m and "the trials will" in m
+               for m in lines)
+    # an artifact already in the store (a resumed sweep) is not built again
+    store = StepStore(s.artifacts)
+    with store.publish(jobs[0].keys[-1]) as tmp:
+        (tmp / "checkpoint.pt").write_bytes(b"x")
+        (tmp / "row.json").write_text("{}")
+    asked.clear()
+    build_shared(jobs, s, 4.0, log=lines.append)
+    assert [t for t, _ in asked] == [jobs[1].cfg.data.task]
+
+
 @pytest.mark.parametrize("kw, search, tasks, words", [
     ({}, Search(kind="optuna", space=("pseudo.fusion=union,sum",)), (), "pseudo.fusion"),
     ({}, Search(grid={"pseudo.n_seed": [1]}), (), "pseudo.n_seed"),

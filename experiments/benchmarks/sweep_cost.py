@@ -225,7 +225,10 @@ def stages(run: Run) -> dict:
             "ev_n": len(computed), "ev_s": float(_col(computed, "time.evidence_s", 0.0).sum()),
             "ev_all_s": float(ev.sum()),
             "step1_n": len(s1), "step1_s": float((s1["time.step_s"] - ev).sum()),
-            "compute_s": float(built["time.step_s"].sum())}
+            "compute_s": float(built["time.step_s"].sum()),
+            # what the trials themselves built (not the steps the sweep built before them)
+            "trial_compute_s": float(run.rows.loc[~run.rows["cache.step_hit"].fillna(False).astype(bool),
+                                                  "time.step_s"].sum())}
 
 
 def overheads(run: Run) -> list[dict]:
@@ -301,7 +304,7 @@ def report(naive: Run, wilss: Run, prep_s: float) -> None:
         rows = overheads(run)
         first, gaps = launch_gaps(run, slots)
         busy = sum(t.end - t.start for t in run.tls)
-        compute = st[run.mode]["compute_s"]
+        compute, pre = st[run.mode]["trial_compute_s"], sum(p.end - p.start for p in run.pre)
         print(f"\n=== {run.mode}: per-trial overhead ({slots} trials at once) ===")
         print(f"  {'trial':<12} {'start->1st iter':>15} {'waited shared':>14} {'evidence':>9} {'setup':>7}")
         for r in rows:
@@ -320,8 +323,10 @@ def report(naive: Run, wilss: Run, prep_s: float) -> None:
         last = run.started + run.wall - max(t.end for t in run.tls)
         waited = sum(r["waited"] for r in rows)
         print(f"  last trial done -> sweep returned (Tune wrap-up, Ray shutdown): {last:.1f}s")
+        used = compute + pre * slots  # the shared build held every slot
         print(f"  wall {run.wall:.1f}s x {slots} slots = {run.wall * slots:.1f} slot-s; trials alive {busy:.1f}s; "
-              f"their compute (built steps' time.step_s) {compute:.1f}s = {compute / (run.wall * slots):.0%} "
+              f"their compute (the steps they built, time.step_s) {compute:.1f}s"
+              f"{f' + the shared build {pre:.1f}s x {slots} slots' if pre else ''} = {used / (run.wall * slots):.0%} "
               f"of the slots")
         per_trial = (busy - compute - waited) / n + (_mean(gaps) if gaps else 0.0) * len(gaps) / n
         print(f"  per-trial overhead: alive but not computing nor waiting for a shared stage "

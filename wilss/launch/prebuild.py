@@ -106,8 +106,13 @@ def build_shared(jobs: list[Job], spec, cpus: float, log=print) -> float:
             f"{f' and {spec.gpus_per_trial:g} GPU' if spec.gpus_per_trial else ''}")
     build = ray.remote(**opts)(_build_job)
     refs = [build.remote(job, spec.artifacts, int(each), spec.storage, spec.name) for job in jobs]
-    for job, seconds in zip(jobs, ray.get(refs)):
-        log(f"[{spec.name}] built {job.describe()} in {seconds:.0f}s")
+    for job, ref in zip(jobs, refs):
+        try:
+            log(f"[{spec.name}] built {job.describe()} in {ray.get(ref):.0f}s")
+        except Exception as e:  # the trials build it themselves, and record their own errors
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            log(f"[{spec.name}] warning: building {job.describe()} failed ({first}); the trials will try "
+                f"it themselves (log: shared-{job.keys[-1]}.log)")
     return time.perf_counter() - t0
 
 
