@@ -51,19 +51,19 @@ def trial_configs(plan) -> tuple[list[Config], int | None]:
     if plan.param_space:  # grid
         keys = list(plan.param_space)
         points = [dict(zip(keys, values)) for values in itertools.product(*plan.param_space.values())]
-        base_last = None
+        last = None
     else:  # optuna: sampled later; the step-0 config must not depend on any searched key
         method = create_method(spec.base.method)
         fixed = step_config(spec.base, 0, method.sections, method.step0_keys)
         if any(p.key in fixed for p in plan.params):
             return [], 0
         points = [plan.first_point or {}] * plan.total
-        base_last = 0
+        last = 0
     configs = []
     for point in points:
         cfg = override(spec.base, point)
         configs += [override(cfg, {"data.task": t}) if t != cfg.data.task else cfg for t in spec.trial_tasks(cfg)]
-    return configs, base_last
+    return configs, last
 
 
 def shared_jobs(plans) -> list[Job]:
