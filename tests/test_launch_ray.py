@@ -212,6 +212,9 @@ def test_ablate_seeds_trains_step0_once(ray_home, tmp_path):
     assert step1["cache.step_key"].nunique() == 2
     assert (step1["cache.evidence_hits"] + step1["cache.evidence_misses"] == step1["n_train_images"]).all()
     assert "step 0: trained 1 time(s) for 2 run(s), 1 reused" in out.stdout and "pseudo.n_seeds" in out.stdout
+    # the script ends with the analysis report (run as a script: the analysis package comes from the install)
+    report = tmp_path / "sweeps" / "reports" / "ablate_seeds-smoke" / "report.md"
+    assert f"report: {report}" in out.stdout and report.is_file() and "report failed" not in out.stderr
 
 
 def test_wilss_run_with_train_workers_writes_the_run_layout_and_resumes(ray_home, small_synthetic, tmp_path):

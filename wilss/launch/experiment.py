@@ -170,12 +170,10 @@ def _report(spec: SweepSpec) -> None:
     prints the experiment's table and the paths. A failure here only warns: the sweep's rows are safe
     and ``python -m analysis.report`` can be rerun by hand."""
     storage = Storage.of(spec.storage)
-    sources = [s for s in (storage.uri_of("results", f"sweep={spec.name}"),
-                           storage.uri_of("results", f"sweep={spec.name}-best")) if _has_rows(s)]
-    if not sources:
-        return
     out = storage.local_path("reports", spec.name) if storage.local else None
+    sources = [storage.uri_of("results", f"sweep={spec.name}")]
     try:
+        sources += [s for s in (storage.uri_of("results", f"sweep={spec.name}-best"),) if _has_rows(s)]
         from analysis.render import to_markdown
         from analysis.report import report
 
@@ -196,9 +194,9 @@ def _report(spec: SweepSpec) -> None:
 
 
 def _has_rows(uri: str) -> bool:
-    try:
-        from analysis.load import list_files
+    from analysis.load import list_files  # outside the try: a missing analysis package must not pass silently
 
+    try:
         return bool(list_files(uri)[1])
     except Exception:  # noqa: BLE001 - absent folder (no -best rerun) or unreachable storage
         return False
