@@ -203,6 +203,23 @@ def test_a_failed_shared_build_leaves_the_step_to_the_trials(base, tmp_path, mon
     assert [t for t, _ in asked] == [jobs[1].cfg.data.task]
 
 
+def test_the_shared_build_asks_for_cpus_a_node_with_the_gpus_has(monkeypatch):
+    import sys
+    import types
+
+    from wilss.launch.cluster import free_node_cpus
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 64.0}},  # a head without GPU
+             {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 128.0, "GPU": 8.0}}]  # gone
+    free = {"CPU": 70.0}
+    fake = types.SimpleNamespace(nodes=lambda: nodes, available_resources=lambda: free)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    assert free_node_cpus() == 64.0 and free_node_cpus(1.0) == 8.0
+    free["CPU"] = 3.0  # the rest is held (e.g. by the job's entrypoint)
+    assert free_node_cpus() == 3.0
+
+
 @pytest.mark.parametrize("kw, search, tasks, words", [
     ({}, Search(kind="optuna", space=("pseudo.fusion=union,sum",)), (), "pseudo.fusion"),
     ({}, Search(grid={"pseudo.n_seed": [1]}), (), "pseudo.n_seed"),

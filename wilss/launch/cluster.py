@@ -108,11 +108,13 @@ def cluster_totals() -> dict[str, float]:
             DRIVER_RESOURCE: float(res.get(DRIVER_RESOURCE, 0))}
 
 
-def free_node_cpus() -> float:
-    """CPUs one task can hold now: the largest node's CPUs, at most what the cluster has free."""
+def free_node_cpus(gpus: float = 0.0) -> float:
+    """CPUs one task can hold now: the CPUs of the largest node with ``gpus`` GPUs (a request no node
+    can meet would wait forever), at most what the cluster has free."""
     import ray
 
-    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    largest = max((r.get("CPU", 0.0) for r in nodes if r.get("GPU", 0.0) >= gpus), default=0.0)
     return min(float(largest), float(ray.available_resources().get("CPU", 0.0)))
 
 

@@ -285,7 +285,8 @@ def run_sweep(spec: SweepSpec, search: Search, *, tasks: tuple[str, ...] = (), r
             from wilss.launch.cluster import free_node_cpus
             from wilss.launch.prebuild import build_shared, shared_jobs
 
-            build_shared(shared_jobs(plans), spec, free_node_cpus(), log=lambda m: print(m, flush=True))
+            build_shared(shared_jobs(plans), spec, free_node_cpus(spec.gpus_per_trial),
+                         log=lambda m: print(m, flush=True))
         for p in plans:
             grid = _tuner(p, search, storage, n, totals).fit()
             failed += [r.path.rstrip("/").rsplit("/", 1)[-1] for r in grid if r.error is not None]
