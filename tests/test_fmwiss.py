@@ -53,6 +53,31 @@ def test_fmwiss_runs_resumes_and_reuses_evidence(small_synthetic, tmp_path):
     assert resumed[1]["miou_all"] == first["miou_all"]
 
 
+def test_ground_truth_pseudo_masks_need_no_foundation_model(small_synthetic, tmp_path, monkeypatch):
+    """pseudo.source=ground_truth (the upper-bound diagnostic): the teacher learns from the true masks
+    of the new classes; no foundation model is built, no evidence computed, no pseudo quality."""
+    import wilss.foundation
+
+    def no_foundation(*a, **k):
+        raise AssertionError("the ground-truth diagnostic built a foundation model")
+
+    monkeypatch.setattr(wilss.foundation, "FoundationEvidence", no_foundation)
+    cfg = small_cfg(small_synthetic, tmp_path / "cache", **{"pseudo.source": "ground_truth",
+                                                           "foundation.clip_pretrained": "/no/such/clip.pt"})
+    seen = []
+    from wilss.losses import fmwiss as losses
+
+    teacher_bce = losses.teacher_bce
+    monkeypatch.setattr(losses, "teacher_bce", lambda lg, tg, ch, valid=None: seen.append(tg) or teacher_bce(lg, tg, ch))
+    rows = run_protocol(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    step1 = rows[1]
+    assert step1["pseudo.source"] == "ground_truth" and "cache.evidence_misses" not in step1
+    assert "pseudo.miou_init" not in step1 and np.isfinite(step1["loss.teacher_bce"])
+    # the teacher's targets are one-hot true masks: some pixels of new classes, every pixel one channel
+    targets = torch.cat(seen)  # (N, 1 + n_new, H, W) over bg + new classes
+    assert targets[:, 1:].sum() > 0 and bool(((targets.sum(1) == 1) | (targets.sum(1) == 0)).all())
+
+
 @pytest.mark.parametrize("component", ["fmwiss.teacher", "fmwiss.dcl", "fmwiss.copy_paste"])
 def test_components_switch_off(small_synthetic, tmp_path, component):
     cfg = small_cfg(small_synthetic, tmp_path / "cache", **{component: False, "train.epochs_next": 1,

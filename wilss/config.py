@@ -140,6 +140,10 @@ class PseudoConfig:
     topk: float = knob(0.7, lo=0.0, hi=1.0)
     topk_mode: str = knob("mass", choices=("mass", "fraction", "relative"))
     fusion: str = knob("union", choices=("union", "intersection", "none"))
+    # Where the pseudo masks come from: the foundation models (the method), or the true masks of the
+    # step's new classes ("ground_truth": an upper-bound diagnostic that uses pixel labels, so not a
+    # weakly supervised run; it isolates what the teacher and student do with perfect pseudo masks).
+    source: str = knob("foundation", choices=("foundation", "ground_truth"))
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ class FMWISS(Method):
         from wilss.foundation.clip import clip_weights
         from wilss.foundation.vit import vit_weights
 
+        if cfg.pseudo.source == "ground_truth":  # no foundation model is used
+            return
         clip_weights(cfg.foundation)
         vit_weights(cfg.foundation)
 
@@ -68,12 +70,19 @@ class FMWISS(Method):
         if ctx.step == 0:
             return super().train_dataset(ctx)
         cfg, data = ctx.cfg, ctx.data
-        no_pixel_labels = np.full(256, IGNORE, dtype=np.uint8)  # weak step: masks never reach the loss
+        if cfg.pseudo.source == "ground_truth":  # the diagnostic: the new classes' true masks, the rest bg
+            lut = labels.train_lut(ctx.task, ctx.step, "bg")
+        else:
+            lut = np.full(256, IGNORE, dtype=np.uint8)  # weak step: masks never reach the loss
         return SegmentationDataset(
-            data.train, self.train_indices(ctx), no_pixel_labels,
+            data.train, self.train_indices(ctx), lut,
             train_transform(cfg.data.crop_size, (cfg.data.scale_min, cfg.data.scale_max)),
             labels=labels.image_labels(data.present_train, ctx.task, ctx.step), coords=True,
-            extras=partial(self.evidence.load, data.train))
+            extras=self._evidence_reader(ctx))
+
+    def _evidence_reader(self, ctx: StepContext):
+        """What the loader adds to each item: its cached foundation evidence (none for ground truth)."""
+        return partial(self.evidence.load, ctx.data.train) if self.evidence is not None else None
 
     # ---------------------------------------------------------------------------------------------
     # step set-up
@@ -82,10 +91,26 @@ class FMWISS(Method):
         cfg = ctx.cfg
         if self.memory is None:
             self.memory = CopyPasteMemory(cfg.fmwiss.memory_per_class)
+        self.evidence, self.teacher = None, None
         if ctx.step == 0:
             return
+        if cfg.pseudo.source == "ground_truth":
+            ctx.log("  pseudo masks: the true masks of the new classes (pseudo.source=ground_truth, a diagnostic)")
+        else:
+            self._load_evidence(ctx)
+        seed = cfg.train.seed * 1000 + ctx.step
+        self.gen = torch.Generator(device=ctx.device).manual_seed(seed)  # seeds of the pseudo masks
+        self.cpu_gen = torch.Generator().manual_seed(seed)  # copy-paste draws, point sampling
+        if cfg.fmwiss.teacher:
+            enc_channels = ctx.model.aspp.convs[0][0].in_channels
+            self.teacher = PlugInTeacher(enc_channels, ctx.n_seen, cfg.model.aspp_channels, cfg.fmwiss.embed_dim,
+                                         cfg.model.output_stride).to(ctx.device)
+
+    def _load_evidence(self, ctx: StepContext) -> None:
+        """The step's foundation evidence (computed where missing) and the new classes' text embeddings."""
         from wilss.foundation import FoundationEvidence
 
+        cfg = ctx.cfg
         t0 = time.perf_counter()
         # Evidence is shared by every run on the machine (content-addressed), not kept per run folder.
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
@@ -99,14 +124,6 @@ class FMWISS(Method):
                           "time.evidence_s": time.perf_counter() - t0, "time.pseudo_s": 0.0})
         ctx.log(f"  foundation evidence: {stats['hits']} cached, {stats['misses']} computed "
                 f"({time.perf_counter() - t0:.1f}s)")
-        seed = cfg.train.seed * 1000 + ctx.step
-        self.gen = torch.Generator(device=ctx.device).manual_seed(seed)  # seeds of the pseudo masks
-        self.cpu_gen = torch.Generator().manual_seed(seed)  # copy-paste draws, point sampling
-        self.teacher = None
-        if cfg.fmwiss.teacher:
-            enc_channels = ctx.model.aspp.convs[0][0].in_channels
-            self.teacher = PlugInTeacher(enc_channels, ctx.n_seen, cfg.model.aspp_channels, cfg.fmwiss.embed_dim,
-                                         cfg.model.output_stride).to(ctx.device)
 
     def param_groups(self, ctx: StepContext, lr: float) -> list[dict]:
         groups = default_param_groups(ctx.model, lr, ctx.cfg.train)
@@ -148,10 +165,13 @@ class FMWISS(Method):
         old = list(range(1, ctx.n_old))
         new = list(ctx.new_channels)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            pm = self.pseudo_labels(ctx, batch)
-            target = self._channels(ctx, sample_into_crop(pm.labels, batch["coords"]))  # (B, H, W)
-        ctx.stats["time.pseudo_s"] = ctx.stats.get("time.pseudo_s", 0.0) + time.perf_counter() - t0
+        if ctx.cfg.pseudo.source == "ground_truth":
+            target = batch["mask"].long()  # (B, H, W) channel ids of the new classes, 0 elsewhere
+        else:
+            with torch.no_grad():
+                pm = self.pseudo_labels(ctx, batch)
+                target = self._channels(ctx, sample_into_crop(pm.labels, batch["coords"]))  # (B, H, W)
+            ctx.stats["time.pseudo_s"] = ctx.stats.get("time.pseudo_s", 0.0) + time.perf_counter() - t0
 
         image = batch["image"]
         pasted = torch.zeros_like(target)
@@ -197,7 +217,7 @@ class FMWISS(Method):
         with torch.no_grad():
             ctx.model.eval()
             cols = self._fill_memory(ctx)
-            if ctx.step > 0:
+            if ctx.step > 0 and self.evidence is not None:
                 cols |= self._pseudo_quality(ctx)
         return cols
 
@@ -206,7 +226,7 @@ class FMWISS(Method):
         ds = SegmentationDataset(
             ctx.data.train, self.train_indices(ctx), lut, eval_transform("crop", cfg.data.crop_size),
             labels=labels.image_labels(ctx.data.present_train, ctx.task, ctx.step) if weak else None,
-            coords=weak, extras=partial(self.evidence.load, ctx.data.train) if weak else None)
+            coords=weak, extras=self._evidence_reader(ctx) if weak else None)
         return torch.utils.data.DataLoader(ds, batch_size=cfg.eval.batch_size, num_workers=cfg.data.loader_workers)
 
     def _fill_memory(self, ctx: StepContext) -> dict:
