@@ -28,14 +28,19 @@ TINY = FoundationConfig(clip_model=tiny.TINY_CLIP, clip_pretrained="", vit_model
                         resolution=64, prompts="short", batch_size=1)
 
 
-def _image_list(folder: Path, n: int = 6) -> ImageList:
+def _write_images(folder: Path, n: int = 6) -> ImageList:
+    """Write n random images (in the test process only: a reader in another process must never see a
+    half-written file) and return their list."""
     rng = np.random.default_rng(0)
-    paths = []
+    folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        path = folder / f"im{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return _image_list(folder, n)
+
+
+def _image_list(folder: Path, n: int = 6) -> ImageList:
+    """The list of the images ``_write_images`` wrote (reads nothing)."""
+    paths = [folder / f"im{i}.png" for i in range(n)]
     return ImageList(ids=tuple(p.stem for p in paths), images=tuple(paths), masks=tuple(paths),
                      sources=np.full(n, "x"), source_luts={})
 
@@ -49,7 +54,7 @@ def _ensure(cache: str, folder: str, n: int, queue) -> None:
 
 def test_two_processes_compute_the_same_evidence_once(tmp_path):
     """Two trials start on a cold cache at the same time: one computes, the other waits and only reads."""
-    _image_list(tmp_path / "images")
+    _write_images(tmp_path / "images")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_ensure, args=(str(tmp_path / "cache"), str(tmp_path / "images"), 6, queue))
@@ -86,7 +91,7 @@ SLOW_BUILDER = textwrap.dedent("""
 
 
 def test_a_builder_killed_halfway_leaves_valid_entries_and_no_stale_lock(tmp_path):
-    images = _image_list(tmp_path / "images")
+    images = _write_images(tmp_path / "images")
     cache = tmp_path / "cache"
     code = SLOW_BUILDER.format(tests=str(Path(__file__).parent), folder=str(tmp_path / "images"), cache=str(cache))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
