@@ -109,7 +109,7 @@ def build_shared(jobs: list[Job], spec, cpus: float, log=print) -> float:
     for job, ref in zip(jobs, refs):
         try:
             log(f"[{spec.name}] built {job.describe()} in {ray.get(ref):.0f}s")
-        except Exception as e:  # the trials build it themselves, and record their own errors
+        except Exception as e:  # noqa: BLE001 - any failure: the trials build it and record their errors
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             log(f"[{spec.name}] warning: building {job.describe()} failed ({first}); the trials will try "
                 f"it themselves (log: shared-{job.keys[-1]}.log)")
@@ -118,31 +118,17 @@ def build_shared(jobs: list[Job], spec, cpus: float, log=print) -> float:
 
 def _build_job(job: Job, artifacts: str, threads: int, storage: str, sweep: str) -> float:
     """(a Ray task) Build ``job`` with ``threads`` torch threads; its log goes to the sweep's log folder."""
-    import contextlib
-    from datetime import datetime
-
     import torch
 
     from wilss.artifacts import StepStore
-    from wilss.launch.cluster import node_columns
     from wilss.launch.steps import ensure_step
-    from wilss.launch.storage import Storage, log_dir
-    from wilss.protocol import run_step
+    from wilss.launch.storage import Storage
+    from wilss.launch.trial import local_build, log_file
 
     torch.set_num_threads(max(1, threads))
     t0 = time.perf_counter()
-    logs = log_dir(Storage(storage), sweep)
-    logs.mkdir(parents=True, exist_ok=True)
-    with (open(logs / f"shared-{job.keys[-1]}.log", "a", buffering=1) as logfile,
-          contextlib.redirect_stdout(logfile), contextlib.redirect_stderr(logfile)):
-
-        def log(msg: str) -> None:
-            logfile.write(f"{datetime.now():%H:%M:%S.%f}"[:-3] + f" {msg}\n")
-
-        def build(cfg, step, previous, checkpoint):
-            return run_step(cfg, step, checkpoint, previous=previous, log=log) | node_columns()
-
-        store, previous = StepStore(artifacts), None
+    with log_file(Storage(storage), sweep, f"shared-{job.keys[-1]}") as log:
+        store, previous, build = StepStore(artifacts), None, local_build(log)
         for step, key in zip(job.steps, job.keys):
             ensure_step(job.cfg, step, key, build, previous, store, log)
             previous = store.get(key) / "checkpoint.pt"

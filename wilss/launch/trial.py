@@ -18,6 +18,7 @@ foundation evidence itself; only the data (the synthetic benchmark, the class-pr
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -101,18 +102,35 @@ def trial_main(params: dict, spec: SweepSpec) -> None:
         link_shared_data(shared_cache(cfg), cache)
         cfg = override(cfg, {"data.cache_dir": cache})
     storage, store = Storage(spec.storage), StepStore(artifacts)
-    tasks = spec.trial_tasks(cfg)
-    logs = log_dir(storage, spec.name)
+    with log_file(storage, spec.name, trial_id) as log:
+        _walk(spec, params, cfg, spec.trial_tasks(cfg), storage, store, trial_id, log)
+
+
+@contextlib.contextmanager
+def log_file(storage: Storage, sweep: str, name: str) -> Iterator[Callable[[str], None]]:
+    """``<logs>/<sweep>/<name>.log``: everything printed meanwhile (log lines, progress bars, warnings)
+    goes there, and the yielded ``log`` writes timestamped lines; the driver's console shows the
+    sweep's progress lines only."""
+    logs = log_dir(storage, sweep)
     logs.mkdir(parents=True, exist_ok=True)
-    # Everything the trial prints (its log lines, progress bars, warnings) goes to its log file; the
-    # driver's console shows the sweep's progress lines only.
-    with (open(logs / f"{trial_id}.log", "a", buffering=1) as logfile, contextlib.redirect_stdout(logfile),
+    with (open(logs / f"{name}.log", "a", buffering=1) as logfile, contextlib.redirect_stdout(logfile),
           contextlib.redirect_stderr(logfile)):
 
         def log(msg: str) -> None:
             logfile.write(f"{datetime.now():%H:%M:%S.%f}"[:-3] + f" {msg}\n")
 
-        _walk(spec, params, cfg, tasks, storage, store, trial_id, log)
+        yield log
+
+
+def local_build(log: Callable[[str], None]):
+    """A step builder that trains in this process (``wilss.launch.steps.Build``)."""
+    from wilss.launch.cluster import node_columns
+    from wilss.protocol import run_step
+
+    def build(cfg: Config, step: int, previous: Path | None, checkpoint: Path) -> dict:
+        return run_step(cfg, step, checkpoint, previous=previous, log=log) | node_columns()
+
+    return build
 
 
 def _walk(spec: SweepSpec, params: dict, cfg: Config, tasks: tuple[str, ...], storage: Storage, store: StepStore,
@@ -156,13 +174,7 @@ def _walk(spec: SweepSpec, params: dict, cfg: Config, tasks: tuple[str, ...], st
 def _builder(spec: SweepSpec, storage: Storage, trial_id: str, task: str, log):
     """How this trial builds a step: in its own process, or on a Ray Train worker group."""
     if spec.workers == 0:
-        from wilss.launch.cluster import node_columns
-        from wilss.protocol import run_step
-
-        def build(cfg: Config, step: int, previous: Path | None, checkpoint: Path) -> dict:
-            return run_step(cfg, step, checkpoint, previous=previous, log=log) | node_columns()
-
-        return build
+        return local_build(log)
 
     from wilss.launch.train import TrainSpec, train_step
 

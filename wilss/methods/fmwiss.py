@@ -164,10 +164,10 @@ class FMWISS(Method):
         f = ctx.cfg.fmwiss
         old = list(range(1, ctx.n_old))
         new = list(ctx.new_channels)
-        t0 = time.perf_counter()
         if ctx.cfg.pseudo.source == "ground_truth":
             target = batch["mask"].long()  # (B, H, W) channel ids of the new classes, 0 elsewhere
         else:
+            t0 = time.perf_counter()
             with torch.no_grad():
                 pm = self.pseudo_labels(ctx, batch)
                 target = self._channels(ctx, sample_into_crop(pm.labels, batch["coords"]))  # (B, H, W)
