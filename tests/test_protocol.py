@@ -56,3 +56,31 @@ def test_cli_run_prints_table(small_synthetic, tmp_path, capsys, overlap):
     # the same folder with another config is refused, naming the fix
     assert main(args + ["--set", "train.lr=0.5"]) == 2
     assert "another config" in capsys.readouterr().err
+
+
+def test_training_batches_do_not_depend_on_loader_workers(small_synthetic, _cache_dir):
+    """``data.loader_workers`` is not part of a step's key, so it must not change what a step trains:
+    the same shuffle and the same augmentations with the data read in this process or in two workers;
+    new augmentations every epoch."""
+    import torch
+
+    from wilss.data.datasets import prepare
+    from wilss.methods import StepContext, create_method
+    from wilss.protocol import train_loader
+
+    def batches(workers: int, epoch: int) -> list[dict]:
+        cfg = small_cfg(small_synthetic, **{"data.loader_workers": workers, "train.batch_size": 32})
+        data = prepare(cfg.data, _cache_dir, progress=False)
+        ctx = StepContext(cfg, data.task, 0, None, None, torch.device("cpu"), data=data)
+        loader = train_loader(create_method("finetune"), ctx)
+        loader.dataset.set_epoch(epoch)
+        torch.manual_seed(123 + workers)  # whatever else draws from the global generator
+        return list(loader)
+
+    inline, workers = batches(0, 0), batches(2, 0)
+    assert len(inline) == len(workers) >= 2
+    for a, b in zip(inline, workers):
+        assert torch.equal(a["index"], b["index"])
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    again = batches(0, 1)
+    assert not all(torch.equal(a["image"], b["image"]) for a, b in zip(inline, again))

@@ -55,3 +55,44 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(WilssError, match="truncated"):
         engine.load_checkpoint(path, other)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (8, 40), (30, 20), (64, 64)])
+def test_atrous_conv_skipping_padding_taps_matches_the_full_conv(size):
+    """On maps smaller than the dilation the outer taps read only padding: skipping them must give the
+    same output and the same gradients (zeros for the skipped taps) as torch's conv."""
+    from torch import nn
+
+    from wilss.models.aspp import AtrousConv2d
+
+    torch.manual_seed(0)
+    for dilation in (6, 12, 36):
+        ref = nn.Conv2d(16, 8, 3, padding=dilation, dilation=dilation, bias=True).double()
+        fast = AtrousConv2d.convert_(nn.Conv2d(16, 8, 3, padding=dilation, dilation=dilation, bias=True).double())
+        fast.load_state_dict(ref.state_dict())
+        x = torch.randn(2, 16, *size, dtype=torch.float64)
+        y_ref, y_fast = ref(x), fast(x)
+        assert y_fast.shape == y_ref.shape
+        torch.testing.assert_close(y_fast, y_ref)
+        g = torch.randn_like(y_ref)
+        y_ref.backward(g)
+        y_fast.backward(g)
+        torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
+        torch.testing.assert_close(fast.bias.grad, ref.bias.grad)
+    with pytest.raises(ValueError, match="stride 1"):
+        AtrousConv2d.convert_(nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2))
+
+
+def test_aspp_state_dict_is_torchvisions():
+    """Checkpoints stay loadable: the atrous branches keep torchvision's parameter names."""
+    from torchvision.models.segmentation.deeplabv3 import ASPP
+
+    from wilss.models.aspp import AtrousConv2d, build_aspp
+
+    ours = build_aspp(32, 16, output_stride=8)
+    assert sum(isinstance(m, AtrousConv2d) for m in ours.modules()) == 3
+    ref = ASPP(32, [12, 24, 36], 16)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 32, 8, 8)
+    torch.testing.assert_close(ours.eval()(x), ref.eval()(x), rtol=1e-4, atol=1e-5)

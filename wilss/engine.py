@@ -83,6 +83,8 @@ def fit(method: Method, ctx: StepContext, loader: Iterable, epochs: int, lr: flo
         sampler = getattr(loader, "sampler", None)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)  # a new shuffle every epoch, the same on every rank
+        if hasattr(getattr(loader, "dataset", None), "set_epoch"):
+            loader.dataset.set_epoch(epoch)  # new augmentations every epoch, whichever process reads
         sums: dict[str, torch.Tensor] = {}
         start, n = time.perf_counter(), 0
         for batch in loader:

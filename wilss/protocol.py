@@ -84,9 +84,13 @@ def step_sizes(data: PreparedData, upto: int) -> list[int]:
 
 
 def train_loader(method: Method, ctx: StepContext) -> DataLoader:
+    """The step's training batches: shuffled by a seeded generator, augmentations seeded per image and
+    epoch, so the batches do not depend on ``data.loader_workers``."""
     cfg = ctx.cfg
-    return _loader(method.train_dataset(ctx), cfg.train.batch_size, True, cfg.data.loader_workers,
-                   cfg.train.seed + ctx.step)
+    seed = cfg.train.seed + ctx.step
+    dataset = method.train_dataset(ctx)
+    dataset.seed_augmentations(seed)
+    return _loader(dataset, cfg.train.batch_size, True, cfg.data.loader_workers, seed)
 
 
 def test_loader(cfg: Config, data: PreparedData, step: int) -> DataLoader:

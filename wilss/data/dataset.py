@@ -23,6 +23,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
     original image, in ``grid_sample`` coordinates ([-1, 1], x then y). Evidence computed once on the
     whole image (foundation-model maps) is brought into the augmented crop with it.
     ``extras(j)`` (optional) adds per-image tensors (e.g. cached evidence) under their own keys.
+
+    Random augmentations: after ``seed_augmentations(seed)`` each item's draws come from a generator
+    seeded with (seed, epoch, image index), ``set_epoch`` telling the epoch; so a crop does not depend
+    on the order of reading, on the loader's worker processes (``data.loader_workers``, a key that
+    must not change what a step trains) or on anything else drawing from torch's global generator.
+    Without it the transform draws from the global generator of the process that reads.
     """
 
     def __init__(self, images: ImageList, indices: np.ndarray, lut: np.ndarray, transform: Callable,
@@ -32,6 +38,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.coords, self.extras = coords, extras
         self.luts = {source: lut[raw] for source, raw in images.source_luts.items()}
         self.lut = lut
+        self.seed: int | None = None
+        self.epoch = 0
+
+    def seed_augmentations(self, seed: int) -> None:
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -54,7 +68,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         inputs = [tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(mask))]
         if self.coords:  # a Mask, so geometric ops resample it with nearest and Normalize skips it
             inputs.append(tv_tensors.Mask(pixel_coords(*image.shape[:2])))
-        out = self.transform(*inputs)
+        if self.seed is None:
+            out = self.transform(*inputs)
+        else:  # torchvision's v2 transforms draw from the global generator: seed it for this item
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, j]).generate_state(1)[0]))
+                out = self.transform(*inputs)
         item = {"image": out[0].as_subclass(torch.Tensor), "mask": out[1].as_subclass(torch.Tensor).long(),
                 "index": j}
         if self.coords:

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from wilss.errors import ConfigError
+from wilss.models.aspp import build_aspp
 from wilss.models.tiny import TinyResNet
 
 TINY_WEIGHTS = Path(__file__).parent / "weights" / "resnet_tiny_synthetic.pt"
@@ -96,9 +96,8 @@ class Student(nn.Module):
                  aspp_channels: int = 256, output_stride: int = 16, aux_classifier: bool = False,
                  last_conv: bool = False):
         super().__init__()
-        rates = [6, 12, 18] if output_stride == 16 else [12, 24, 36]
         self.backbone = backbone
-        self.aspp = ASPP(backbone_channels, rates, aspp_channels)  # conv-BN-ReLU + dropout 0.5 inside
+        self.aspp = build_aspp(backbone_channels, aspp_channels, output_stride)
         # DKD's extra 3x3 conv after the ASPP projection; Identity (no parameters) otherwise.
         self.last_conv = nn.Identity()
         if last_conv:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.segmentation.deeplabv3 import ASPP
+
+from wilss.models.aspp import build_aspp
 
 
 class PlugInTeacher(nn.Module):
     def __init__(self, in_channels: int, n_classes: int, channels: int = 256, embed_dim: int = 64,
                  output_stride: int = 16):
         super().__init__()
-        rates = [6, 12, 18] if output_stride == 16 else [12, 24, 36]
-        self.aspp = ASPP(in_channels, rates, channels)
+        self.aspp = build_aspp(in_channels, channels, output_stride)
         self.classifier = nn.Conv2d(channels, n_classes, 1)
         self.embed = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False),
                                    nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
