@@ -36,6 +36,8 @@ def test_fmwiss_runs_resumes_and_reuses_evidence(small_synthetic, tmp_path):
                 "pseudo.miou_fused", "memory.instances", "time.pseudo_s"):
         assert key in first and np.isfinite(first[key]), key
     assert 0 <= first["pseudo.miou_fused"] <= 1
+    # step 0 archived instances; the last step adds none (no later step would paste them)
+    assert rows[0]["memory.instances"] > 0 and first["memory.instances"] == rows[0]["memory.instances"]
     # every epoch logs every loss term
     assert any("teacher_bce" in m and "dcl" in m for m in logs)
 

@@ -231,9 +231,12 @@ class FMWISS(Method):
 
     def _fill_memory(self, ctx: StepContext) -> dict:
         """Archive instances of the step's new classes: gt masks at step 0, predictions within the
-        image labels at weak steps."""
+        image labels at weak steps; nothing at the task's last step (a pass over its images whose
+        result no step would read)."""
         if ctx.cfg.fmwiss.memory_per_class == 0:
             return {}
+        if ctx.step == ctx.task.n_steps - 1:  # only later steps paste from it: there are none
+            return {"memory.instances": len(self.memory)}
         new = list(range(1, ctx.n_seen)) if ctx.step == 0 else list(ctx.new_channels)
         lut = labels.train_lut(ctx.task, ctx.step, "ignore") if ctx.step == 0 else np.zeros(256, np.uint8)
         for batch in self._eval_loader(ctx, lut, weak=ctx.step > 0):
