@@ -17,6 +17,8 @@ from wilss.config import FoundationConfig
 from wilss.data.readers import ImageList
 from wilss.errors import ConfigError
 from wilss.foundation import ClipScorer, FoundationEvidence, VitEvidence, tiny
+from wilss.foundation import cache as cache_module
+from wilss.foundation.cache import SUFFIX
 from wilss.foundation.clip import clip_patch_size, value_path
 from wilss.pseudo.attention import attention_at
 
@@ -192,7 +194,7 @@ def image_list(tmp_path) -> ImageList:
 
 
 def _entries(cache: Path) -> list[Path]:
-    return sorted((cache / "evidence").rglob("*.pt"))
+    return sorted((cache / "evidence").rglob(f"*{SUFFIX}"))
 
 
 def test_cache_hits_misses_and_lazy_models(tmp_path, image_list):
@@ -266,15 +268,15 @@ def test_concurrent_writers_and_failed_writes_leave_no_partial_files(tmp_path, i
         t.join()
     assert len(results) == 2 and len(_entries(cache)) == 10
     assert sorted(r["misses"] for r in results) == [0, 5]  # the lock: one computes, the other waits and hits
-    assert not [p for p in cache.rglob("*") if p.is_file() and p.suffix not in (".pt", ".lock")]
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.suffix not in (SUFFIX, ".lock")]
     assert FoundationEvidence(TINY, cache).ensure(image_list, np.arange(5), progress=False)["hits"] == 5
 
-    def broken_save(obj, path, *a, **k):
+    def broken_write(path, pieces):
         Path(path).write_bytes(b"partial")
         raise OSError("disk full")
 
     other = tmp_path / "other"
-    monkeypatch.setattr(torch, "save", broken_save)
+    monkeypatch.setattr(cache_module, "write_file", broken_write)
     with pytest.raises(OSError, match="disk full"):
         FoundationEvidence(TINY, other).ensure(image_list, np.arange(1), progress=False)
     assert not [p for p in other.rglob("*") if p.is_file() and p.suffix != ".lock"]

@@ -102,14 +102,14 @@ def test_a_builder_killed_halfway_leaves_valid_entries_and_no_stale_lock(tmp_pat
         proc.wait(timeout=30)
     finally:
         proc.kill()
-    entries = sorted((cache / "evidence").rglob("*.pt"))
+    entries = sorted((cache / "evidence").rglob("*.ev"))
     assert len(entries) == 1  # the one finished entry; the killed write left no temp file behind
     assert not [p for p in cache.rglob("*.tmp")]
     start = time.perf_counter()
     stats = FoundationEvidence(TINY, cache).ensure(images, np.arange(6), progress=False)
     assert time.perf_counter() - start < 60  # the dead builder's lock did not survive it
     # image 0 has its CLIP entry but not its ViT entry: still a miss; all 6 images are computed now
-    assert stats["misses"] == 6 and len(list((cache / "evidence").rglob("*.pt"))) == 12
+    assert stats["misses"] == 6 and len(list((cache / "evidence").rglob("*.ev"))) == 12
 
 
 def _hold_artifact_lock(root: str, key: str, ready, release) -> None:

@@ -70,10 +70,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
             inputs.append(tv_tensors.Mask(pixel_coords(*image.shape[:2])))
         if self.seed is None:
             out = self.transform(*inputs)
-        else:  # torchvision's v2 transforms draw from the global generator: seed it for this item
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, j]).generate_state(1)[0]))
+        else:  # torchvision's v2 transforms draw from the global CPU generator: seed it for this item
+            gen = torch.default_generator  # (not torch.manual_seed: it also seeds every accelerator, 60 us)
+            state = gen.get_state()
+            gen.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, j]).generate_state(1)[0]))
+            try:
                 out = self.transform(*inputs)
+            finally:
+                gen.set_state(state)
         item = {"image": out[0].as_subclass(torch.Tensor), "mask": out[1].as_subclass(torch.Tensor).long(),
                 "index": j}
         if self.coords:
