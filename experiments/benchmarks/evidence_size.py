@@ -22,6 +22,7 @@ from PIL import Image
 from wilss.config import FoundationConfig
 from wilss.data.readers import ImageList
 from wilss.foundation import FoundationEvidence
+from wilss.foundation.cache import SUFFIX
 
 VOC_TRAIN_AUG = 10582  # images of VOC 2012 + SBD train-aug (METHOD.md §1.1)
 
@@ -49,7 +50,7 @@ def main() -> None:
         ev = FoundationEvidence(cfg, Path(tmp, "cache"))
         ev.ensure(images, np.arange(len(paths)), progress=False)
         sizes: dict[str, int] = {}
-        for f in Path(tmp, "cache", "evidence").rglob("*.pt"):
+        for f in Path(tmp, "cache", "evidence").rglob(f"*{SUFFIX}"):
             kind = f.relative_to(Path(tmp, "cache", "evidence")).parts[0].split("-")[0]
             sizes[kind] = sizes.get(kind, 0) + f.stat().st_size
         item = ev.load(images, 0)
