@@ -311,3 +311,33 @@ def test_cli_cache_build(tmp_path, small_synthetic, capsys):
     second = capsys.readouterr().out
     n = int(first.split("evidence of ")[1].split()[0])
     assert n > 0 and f"0 hits, {n} misses" in first and f"{n} hits, 0 misses" in second
+
+
+def test_store_round_trips_any_tensors_and_refuses_damaged_or_foreign_files(tmp_path):
+    """The store's file format: dtypes and shapes of any size (odd byte counts, empty), tensors that are
+    views of a larger one; a file for another key, a damaged header or payload reads as a miss (and is
+    removed)."""
+    store = cache_module.EvidenceStore(tmp_path)
+    big = torch.randn(10, 7)
+    tensors = {"a": torch.randn(3, 5).half(), "b": torch.arange(7, dtype=torch.int64), "c": big[2:4, 1:6],
+               "d": torch.empty(0, 4), "e": torch.tensor(1.5, dtype=torch.float64)}
+    store.write("m", "k1", tensors)
+    back = store.read("m", "k1")
+    assert list(back) == list(tensors)
+    for name, t in tensors.items():
+        assert back[name].dtype == t.dtype and back[name].shape == t.shape and torch.equal(back[name], t), name
+    back["a"].add_(1)  # the tensors are writable (views of the file's bytes, not of the file)
+    assert torch.equal(store.read("m", "k1")["a"], tensors["a"])
+
+    path = store.path("m", "k1")
+    good = path.read_bytes()
+    foreign = store.path("m", "k2")
+    foreign.parent.mkdir(parents=True, exist_ok=True)
+    foreign.write_bytes(good)  # the right format, but written for k1
+    assert store.read("m", "k2") is None and not foreign.exists()
+    for damage in (lambda b: b[:-1], lambda b: b[:20], lambda b: b.replace(b'"float16"', b'"float32"'),
+                   lambda b: b[:-3] + bytes([b[-3] ^ 1]) + b[-2:], lambda b: b"not an entry"):
+        path.write_bytes(damage(good))
+        assert store.read("m", "k1") is None and not path.exists()
+        path.write_bytes(good)
+    assert torch.equal(store.read("m", "k1")["c"], big[2:4, 1:6])

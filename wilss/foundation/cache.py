@@ -84,7 +84,7 @@ def encode(tensors: dict[str, torch.Tensor], key: str) -> list[bytes]:
     """The file's bytes, in pieces: magic, header length, header, then each tensor's (padded) bytes."""
     blobs = []
     for t in tensors.values():
-        b = t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+        b = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         blobs.append(b + bytes(-len(b) % ALIGN))
     meta = {"key": key, "tensors": [[name, str(t.dtype).removeprefix("torch."), list(t.shape)]
                                     for name, t in tensors.items()]}
