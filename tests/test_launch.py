@@ -160,6 +160,28 @@ def test_shared_jobs_are_the_leading_steps_several_trials_need(base, tmp_path):
     assert jobs(Search(kind="optuna", space=("train.lr=1e-4:1e-2:log",), num_samples=4)) == []
 
 
+def test_shared_evidence_is_each_tasks_evidence_several_trials_read(base, tmp_path):
+    from wilss.launch.prebuild import shared_evidence
+
+    def jobs(search, tasks=(), repeats=1, method="fmwiss"):
+        return shared_evidence(plan(spec_of(override(base, {"method": method}), tmp_path), search, tasks,
+                                    repeats=repeats))
+
+    (job,) = jobs(Search(grid={"pseudo.n_seeds": [1, 3, 9]}))
+    assert job.users == 3 and job.cfg.data.task == "10-5" and job.name.startswith("shared-evidence-")
+    # per task; seeds and step-0 knobs do not change the evidence
+    two = jobs(Search(grid={"fmwiss.memory_per_class": [10, 20]}), ("10-5", "5-5"), repeats=2)
+    assert sorted((j.cfg.data.task, j.users) for j in two) == [("10-5", 4), ("5-5", 4)]
+    # a foundation knob: each value has its own evidence, read by one trial; methods without evidence
+    assert jobs(Search(grid={"foundation.resolution": [64, 128]})) == []
+    assert jobs(Search(grid={"pseudo.source": ["ground_truth", "foundation"]})) == []
+    assert jobs(Search(grid={"train.lr": [1e-3, 1e-2]}), method="wilson") == []
+    # Optuna: shared unless a searched key is a data or foundation key
+    (opt,) = jobs(Search(kind="optuna", space=sp.PAPER_SPACE, num_samples=4))
+    assert opt.users == 4
+    assert jobs(Search(kind="optuna", space=("foundation.resolution=32:128",), num_samples=4)) == []
+
+
 def test_a_failed_shared_build_leaves_the_step_to_the_trials(base, tmp_path, monkeypatch):
     """build_shared skips what the store holds, gives each job the node's CPUs, and turns a failed build
     into a warning (the trials then build the step and record their own errors)."""
@@ -170,7 +192,7 @@ def test_a_failed_shared_build_leaves_the_step_to_the_trials(base, tmp_path, mon
 
     s = spec_of(base, tmp_path)
     jobs = shared_jobs(plan(s, Search(grid={"pseudo.n_seeds": [1, 3]}), ("10-5", "5-5")))
-    asked = []
+    asked, kinds = [], []
 
     class Remote:
         def __init__(self, fn, opts):
@@ -178,6 +200,7 @@ def test_a_failed_shared_build_leaves_the_step_to_the_trials(base, tmp_path, mon
 
         def remote(self, job, *args):
             asked.append((job.cfg.data.task, self.opts))
+            kinds.append((type(job).__name__, self.opts["num_cpus"]))
             return job
 
     def get(job):
@@ -193,6 +216,15 @@ def test_a_failed_shared_build_leaves_the_step_to_the_trials(base, tmp_path, mon
     assert any("built step 0 of 10-5" in m and "in 12s" in m for m in lines)
     assert any("warning: building step 0 of 5-5" in m and "OutOfMemoryError" in m and "the trials will" in m
                for m in lines)
+    # the evidence first, with the node's CPUs to itself, then the steps
+    from wilss.launch.prebuild import shared_evidence
+
+    kinds.clear()
+    (evidence,) = shared_evidence(plan(s, Search(grid={"pseudo.n_seeds": [1, 3]}), ("10-5",)))
+    build_shared([jobs[0], evidence], s, 4.0, log=lines.append)
+    assert kinds == [("EvidenceJob", 4.0), ("Job", 4.0)]
+    assert any("built the foundation evidence of 10-5" in m and "shared by 2 trials" in m for m in lines)
+    asked.clear()
     # an artifact already in the store (a resumed sweep) is not built again
     store = StepStore(s.artifacts)
     with store.publish(jobs[0].keys[-1]) as tmp:

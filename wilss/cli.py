@@ -110,25 +110,17 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 def _cmd_cache_build(args: argparse.Namespace) -> None:
     """Precompute the foundation evidence (and class-text embeddings) of every weak step's images."""
-    import numpy as np
-
-    from wilss.data.datasets import DATASETS, default_cache_dir, prepare
+    from wilss.data.datasets import default_cache_dir
     from wilss.engine import resolve_device
-    from wilss.foundation import FoundationEvidence
+    from wilss.foundation.evidence import ensure_task_evidence
 
     cfg = _build_config(args)
     cache_dir = Path(args.cache_dir or cfg.data.cache_dir or default_cache_dir())
-    data = prepare(cfg.data, cache_dir, progress=not args.quiet)
-    weak = range(1, data.task.n_steps)
-    if not weak:
-        raise WilssError(f"task {cfg.data.task} has no weak step (steps >= 1): nothing to cache")
-    indices = np.unique(np.concatenate([data.train_splits[t] for t in weak]))
-    evidence = FoundationEvidence(cfg.foundation, cache_dir, resolve_device(cfg.train.device))
-    stats = evidence.ensure(data.train, indices, progress=not args.quiet, verify=True)  # repairs damage
-    names = DATASETS[cfg.data.dataset].classes
-    evidence.text_embeddings([str(names[c]) for t in weak for c in data.task.new(t)])
-    print(f"foundation evidence of {len(indices)} images (steps {weak.start}-{weak.stop - 1}): "
-          f"{stats['hits']} hits, {stats['misses']} misses, {stats['seconds']:.1f}s -> {evidence.store.root}")
+    stats = ensure_task_evidence(cfg, cache_dir, resolve_device(cfg.train.device), progress=not args.quiet,
+                                 verify=True)  # verify: a repair pass over existing entries
+    weak = stats["steps"]
+    print(f"foundation evidence of {stats['images']} images (steps {weak.start}-{weak.stop - 1}): "
+          f"{stats['hits']} hits, {stats['misses']} misses, {stats['seconds']:.1f}s -> {stats['root']}")
 
 
 def _print_table(rows: list[dict]) -> None:

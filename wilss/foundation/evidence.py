@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from wilss.atomic import file_lock
-from wilss.config import FoundationConfig
+from wilss.config import Config, FoundationConfig
 from wilss.data.readers import ImageList
-from wilss.errors import ConfigError
+from wilss.errors import ConfigError, WilssError
 from wilss.foundation.cache import EvidenceStore, entry_key, model_key, sha256_json
 from wilss.foundation.checkpoints import file_sha256
 from wilss.foundation.clip import ClipScorer, clip_patch_size, clip_weights
@@ -221,3 +221,22 @@ class FoundationEvidence:
                 rows[i] = {"text": e.clone()}
                 self.store.write(*self._key("text", items[i]), rows[i])
         return torch.stack([rows[i]["text"] for i in range(len(items))])
+
+
+def ensure_task_evidence(cfg: Config, cache_dir: str | Path, device: str | torch.device = "cpu", *,
+                         progress: bool = True, verify: bool = False, log: Callable[[str], None] = print) -> dict:
+    """The evidence of every weak step's (steps >= 1) training images of ``cfg``'s task, and the text
+    embeddings of their new classes: what FMWISS reads in training, computed ahead of it (``wilss cache
+    build``, a sweep's shared build). Returns ``ensure``'s counts and ``images``, ``steps``, ``root``."""
+    from wilss.data.datasets import prepare
+
+    data = prepare(cfg.data, cache_dir, progress=progress)
+    weak = range(1, data.task.n_steps)
+    if not weak:
+        raise WilssError(f"task {cfg.data.task} has no weak step (steps >= 1): nothing to cache")
+    indices = np.unique(np.concatenate([data.train_splits[t] for t in weak]))
+    evidence = FoundationEvidence(cfg.foundation, cache_dir, device)
+    stats = evidence.ensure(data.train, indices, progress=progress, log=log, verify=verify)
+    later = range(data.task.n_seen(0), data.task.n_seen(weak[-1]))  # channels (task order) after step 0
+    evidence.text_embeddings([data.class_names[c] for c in later])
+    return stats | {"images": len(indices), "steps": weak, "root": evidence.store.root}

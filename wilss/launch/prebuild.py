@@ -1,19 +1,22 @@
-"""Shared stages first: before a sweep's trials start, build the steps several trials share, once each,
-with a whole machine.
+"""Shared stages first: before a sweep's trials start, build what several trials share, once each,
+with a whole machine: the foundation evidence of the weak steps' images, then the leading steps.
 
-A sweep over FMWISS's step-1 knobs (N, λ, α, β, fusion) shares step 0 between all its trials. Left to
-the trials, one of them trains it on its own CPU while the others wait for it with theirs idle
-(``experiments/benchmarks/sweep_cost.py`` measured 25% of a 2-core sweep lost that way). Built here
-first, it gets every CPU of a node (or its trial's GPU share), and the trials find it in the step store
-and start on their own steps at once.
+A sweep over FMWISS's step-1 knobs (N, λ, α, β, fusion) shares step 0 between all its trials, and
+the CLIP / ViT evidence of the step-1 images. Left to the trials, one of them builds each on its own
+CPU (or GPU share) while the others wait for it with theirs idle (``experiments/benchmarks/
+sweep_cost.py`` measured 25% of a 2-core sweep lost that way). Built here first, each gets every CPU
+of a node (or its trial's GPU share), and the trials find them in the step store and the evidence
+cache and start training at once.
 
-    jobs = shared_jobs(plans)         # ray-free: which leading steps more than one trial needs
-    build_shared(jobs, spec, totals)  # one Ray task per chain, all CPUs of a node between them
+    jobs = shared_evidence(plans) + shared_jobs(plans)  # ray-free: what more than one trial needs
+    build_shared(jobs, spec, cpus)                      # evidence jobs, then step jobs; Ray tasks
 
 Only the in-trial training path (``workers == 0``) builds here: with Ray Train workers a step already
-runs on the trial's whole worker group. Building goes through ``wilss.launch.steps.ensure_step``, so
-an artifact already in the store (a resumed sweep, another sweep) is reused, and a build killed
-halfway publishes nothing.
+runs on the trial's whole worker group. Steps are built through ``wilss.launch.steps.ensure_step`` and
+evidence through ``wilss.foundation.evidence.ensure_task_evidence``, so what the store or the cache
+holds (a resumed sweep, another sweep) is reused, and a build killed halfway publishes nothing. The
+evidence goes to the trials' cache folder (``data.cache_dir``, else the node's default): on a
+multi-node cluster without a shared ``data.cache_dir`` only the trials on the building node find it.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from wilss.artifacts import step_config, step_key
-from wilss.config import Config, override
+from wilss.artifacts import NEUTRAL, step_config, step_key
+from wilss.config import Config, flatten, override
 from wilss.data.tasks import get_task
 from wilss.methods import create_method
 
@@ -38,9 +41,70 @@ class Job:
     keys: tuple[str, ...]
     users: int
 
+    phase = 1  # after the evidence
+
     def describe(self) -> str:
         steps = ", ".join(map(str, self.steps))
         return f"step {steps} of {self.cfg.data.task} (seed {self.cfg.train.seed}), shared by {self.users} trials"
+
+    @property
+    def name(self) -> str:  # of its log file
+        return f"shared-{self.keys[-1]}"
+
+    def pending(self, spec) -> bool:
+        from wilss.artifacts import StepStore
+
+        return StepStore(spec.artifacts).get(self.keys[-1]) is None
+
+    def build(self, spec, log) -> None:
+        from wilss.artifacts import StepStore
+        from wilss.launch.steps import ensure_step
+        from wilss.launch.trial import local_build
+
+        store, previous, build = StepStore(spec.artifacts), None, local_build(log)
+        for step, key in zip(self.steps, self.keys):
+            ensure_step(self.cfg, step, key, build, previous, store, log)
+            previous = store.get(key) / "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class EvidenceJob:
+    """The foundation evidence of every weak step's images of ``cfg``'s task, which ``users`` trials read."""
+
+    cfg: Config
+    users: int
+    phase = 0  # first: it needs no step, and step 1 needs it
+
+    def describe(self) -> str:
+        f = self.cfg.foundation
+        return (f"the foundation evidence of {self.cfg.data.task} ({f.clip_model} + {f.vit_model}), "
+                f"shared by {self.users} trials")
+
+    @property
+    def name(self) -> str:
+        return f"shared-evidence-{evidence_key(self.cfg)}"
+
+    def pending(self, spec) -> bool:  # the cache knows by reading it: the build itself skips what it holds
+        return True
+
+    def build(self, spec, log) -> None:
+        from wilss.engine import resolve_device
+        from wilss.foundation.evidence import ensure_task_evidence
+        from wilss.launch.trial import shared_cache
+
+        stats = ensure_task_evidence(self.cfg, shared_cache(self.cfg), resolve_device(self.cfg.train.device),
+                                     progress=False, log=log)
+        log(f"foundation evidence of {stats['images']} images: {stats['hits']} cached, {stats['misses']} "
+            f"computed ({stats['seconds']:.1f}s)")
+
+
+def evidence_key(cfg: Config) -> str:
+    """What a task's evidence depends on (its data and foundation keys), hashed."""
+    from wilss.foundation.cache import sha256_json
+
+    keys = {k: v for k, v in flatten(cfg).items()
+            if k.startswith(("data.", "foundation.", "train.device")) and k not in NEUTRAL}
+    return sha256_json(keys)[:20]
 
 
 def trial_configs(plan) -> tuple[list[Config], int | None]:
@@ -87,49 +151,69 @@ def shared_jobs(plans) -> list[Job]:
     return list(jobs.values())
 
 
-def build_shared(jobs: list[Job], spec, cpus: float, log=print) -> float:
-    """Build every job's steps into ``spec.artifacts``, the jobs side by side on ``cpus`` CPUs of a
-    node between them (each at least the trial's own share) and the trial's GPUs. Returns the wall time."""
+def shared_evidence(plans) -> list[EvidenceJob]:
+    """For every task's foundation evidence that at least two trials of the sweep read, one job. A grid
+    knows every trial's config; an Optuna study shares it when no searched key is a data or foundation key."""
+    users: Counter = Counter()
+    first: dict[str, Config] = {}
+    for plan in plans:
+        if plan.param_space:
+            configs, _ = trial_configs(plan)
+        elif any(p.key.startswith(("data.", "foundation.")) for p in plan.params):
+            continue
+        else:
+            cfg = override(plan.spec.base, plan.first_point or {})
+            configs = [override(cfg, {"data.task": t}) for t in plan.spec.trial_tasks(cfg)] * plan.total
+        for cfg in configs:
+            method = create_method(cfg.method)
+            if method.joint or not method.uses_evidence(cfg) or get_task(cfg.data.dataset, cfg.data.task).n_steps < 2:
+                continue
+            key = evidence_key(cfg)
+            users[key] += 1
+            first.setdefault(key, cfg)
+    return [EvidenceJob(first[k], n) for k, n in users.items() if n > 1]
+
+
+def build_shared(jobs: list, spec, cpus: float, log=print) -> float:
+    """Build every job (``EvidenceJob`` and ``Job``: the evidence first, then the steps), the jobs of a
+    phase side by side on ``cpus`` CPUs of a node between them (each at least the trial's own share) and
+    the trial's GPUs. Returns the wall time."""
+    t0 = time.perf_counter()
+    for phase in sorted({j.phase for j in jobs}):
+        _build_phase([j for j in jobs if j.phase == phase and j.pending(spec)], spec, cpus, log)
+    return time.perf_counter() - t0
+
+
+def _build_phase(jobs: list, spec, cpus: float, log) -> None:
     import ray
 
-    from wilss.artifacts import StepStore
-
-    store = StepStore(spec.artifacts)
-    jobs = [j for j in jobs if store.get(j.keys[-1]) is None]  # a resumed sweep: built before
     if not jobs:
-        return 0.0
-    t0 = time.perf_counter()
+        return
     each = max(spec.cpus_per_trial, float(int(cpus // len(jobs))))
     opts = {"num_cpus": each} | ({"num_gpus": spec.gpus_per_trial} if spec.gpus_per_trial else {})
     for job in jobs:
         log(f"[{spec.name}] building {job.describe()}, before the trials, with {each:g} CPU"
             f"{f' and {spec.gpus_per_trial:g} GPU' if spec.gpus_per_trial else ''}")
     build = ray.remote(**opts)(_build_job)
-    refs = [build.remote(job, spec.artifacts, int(each), spec.storage, spec.name) for job in jobs]
+    refs = [build.remote(job, spec, int(each)) for job in jobs]
     for job, ref in zip(jobs, refs):
         try:
             log(f"[{spec.name}] built {job.describe()} in {ray.get(ref):.0f}s")
         except Exception as e:  # noqa: BLE001 - any failure: the trials build it and record their errors
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             log(f"[{spec.name}] warning: building {job.describe()} failed ({first}); the trials will try "
-                f"it themselves (log: shared-{job.keys[-1]}.log)")
-    return time.perf_counter() - t0
+                f"it themselves (log: {job.name}.log)")
 
 
-def _build_job(job: Job, artifacts: str, threads: int, storage: str, sweep: str) -> float:
+def _build_job(job, spec, threads: int) -> float:
     """(a Ray task) Build ``job`` with ``threads`` torch threads; its log goes to the sweep's log folder."""
     import torch
 
-    from wilss.artifacts import StepStore
-    from wilss.launch.steps import ensure_step
     from wilss.launch.storage import Storage
-    from wilss.launch.trial import local_build, log_file
+    from wilss.launch.trial import log_file
 
     torch.set_num_threads(max(1, threads))
     t0 = time.perf_counter()
-    with log_file(Storage(storage), sweep, f"shared-{job.keys[-1]}") as log:
-        store, previous, build = StepStore(artifacts), None, local_build(log)
-        for step, key in zip(job.steps, job.keys):
-            ensure_step(job.cfg, step, key, build, previous, store, log)
-            previous = store.get(key) / "checkpoint.pt"
+    with log_file(Storage(spec.storage), spec.name, job.name) as log:
+        job.build(spec, log)
     return time.perf_counter() - t0

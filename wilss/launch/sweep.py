@@ -281,11 +281,11 @@ def run_sweep(spec: SweepSpec, search: Search, *, tasks: tuple[str, ...] = (), r
         if storage.local and alive_nodes() > 1:
             print(f"[{spec.name}] note: {storage.uri} must be a folder every node mounts (NFS), or give an "
                   f"s3:// storage: trials on other nodes write their rows and artifacts there", flush=True)
-        if spec.share_stages and spec.workers == 0:  # shared steps first, with the whole node
+        if spec.share_stages and spec.workers == 0:  # shared evidence and steps first, with the whole node
             from wilss.launch.cluster import free_node_cpus
-            from wilss.launch.prebuild import build_shared, shared_jobs
+            from wilss.launch.prebuild import build_shared, shared_evidence, shared_jobs
 
-            build_shared(shared_jobs(plans), spec, free_node_cpus(spec.gpus_per_trial),
+            build_shared(shared_evidence(plans) + shared_jobs(plans), spec, free_node_cpus(spec.gpus_per_trial),
                          log=lambda m: print(m, flush=True))
         for p in plans:
             grid = _tuner(p, search, storage, n, totals).fit()

@@ -90,6 +90,11 @@ class Method:
         """Refuse what would fail only later in the run (e.g. missing model files), before any training:
         ``run_protocol`` and a sweep's planning call it. Config values are already range-checked."""
 
+    def uses_evidence(self, cfg: Config) -> bool:
+        """Whether its weak steps read cached foundation evidence (``wilss.foundation``), which a sweep
+        then computes once, before its trials."""
+        return False
+
     def create_model(self, cfg: Config, step_sizes: list[int]) -> nn.Module:
         from wilss.models import create_student
 

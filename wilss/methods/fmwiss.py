@@ -63,6 +63,9 @@ class FMWISS(Method):
         clip_weights(cfg.foundation)
         vit_weights(cfg.foundation)
 
+    def uses_evidence(self, cfg) -> bool:
+        return cfg.pseudo.source == "foundation"
+
     # ---------------------------------------------------------------------------------------------
     # data
 
