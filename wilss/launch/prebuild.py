@@ -92,6 +92,7 @@ class EvidenceJob:
         from wilss.foundation.evidence import ensure_task_evidence
         from wilss.launch.trial import shared_cache
 
+        log(f"computing {self.describe()}")
         stats = ensure_task_evidence(self.cfg, shared_cache(self.cfg), resolve_device(self.cfg.train.device),
                                      progress=False, log=log)
         log(f"foundation evidence of {stats['images']} images: {stats['hits']} cached, {stats['misses']} "
