@@ -43,8 +43,8 @@ def _synthetic() -> Config:
                                     prompts="short"),
         # The paper warms the teacher up for 5 of its 40 epochs; 1 of the 8 here keeps that share. Five
         # would leave 3 epochs of student training after 5 in which only the teacher's losses (on
-        # pseudo masks from a CLIP at chance) move the shared encoder: old classes fall to 9.5 mIoU
-        # (old, no bg) instead of 16.7 (README "FMWISS").
+        # pseudo masks from a CLIP at chance) move the shared encoder: old classes fall to 9.3 mIoU
+        # (old, no bg) instead of 17.1 (README "FMWISS").
         fmwiss=FMWISSConfig(warmup_epochs=1),
     )
 

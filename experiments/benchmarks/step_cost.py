@@ -114,12 +114,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} thread(s); synthetic default (resnet-tiny, 64 px, batch 32)")
-    print("\nFMWISS training iteration (median of", args.repeats, "after a warm-up)")
+    print(f"\nFMWISS training iteration (median of {args.repeats} after a warm-up)")
     print(f"{'step':<22} {'full atrous conv':>17} {'skip padding taps':>18} {'ratio':>7}")
     for step, name in ((0, "step 0 (student)"), (1, "weak step (all parts)")):
         full, fast = iteration(step, True, args.repeats), iteration(step, False, args.repeats)
         print(f"{name:<22} {full * 1e3:>14.1f} ms {fast * 1e3:>15.1f} ms {full / fast:>6.2f}x")
-    print("\nreading one image's cached evidence (median of", args.repeats * 20, ")")
+    print(f"\nreading one image's cached evidence (median of {args.repeats * 20})")
     print(f"{'size':<22} {'torch.load + sha256':>20} {'store format':>14} {'ratio':>7}")
     for name, shapes in EVIDENCE.items():
         fast, slow = evidence_reads(shapes, args.repeats * 20)
