@@ -293,3 +293,18 @@ def test_a_killed_train_worker_is_replaced_and_the_run_matches_an_uninterrupted_
     assert list(again["step"]) == [0, 1]
     for col in ("miou_all", "miou_old", "miou_new"):
         assert again[col].tolist() == pytest.approx(clean[col].tolist(), abs=1e-6, nan_ok=True), col
+
+
+def test_progress_elapsed_counts_from_the_sweep_start_and_eta_from_the_trials(capsys):
+    """The stages built before the trials count in "elapsed" (the sweep's time so far), not in the ETA
+    (which extrapolates the trials' own pace)."""
+    import time as _time
+
+    from wilss.launch.progress import Progress
+
+    p = Progress("s", total=3, metric="miou_all", mode="max", started=_time.monotonic() - 100)
+    p.t0 = _time.monotonic() - 10  # the trials started 10 s ago, 90 s after the sweep
+    p.finished_here = 1
+    p._line([], "event")
+    line = capsys.readouterr().out
+    assert "1m40s elapsed" in line and "ETA 0m30s" in line, line

@@ -20,8 +20,12 @@ def _fmt_v(v) -> str:
 class Progress(Callback):
     """Prints after every step report and every finished trial of a Tune experiment."""
 
-    def __init__(self, name: str, total: int, metric: str, mode: str, keys: tuple[str, ...] = ()):
+    def __init__(self, name: str, total: int, metric: str, mode: str, keys: tuple[str, ...] = (),
+                 started: float | None = None):
+        """started: ``time.monotonic()`` at the sweep's start (what "elapsed" counts from, so it includes
+        the stages built before the trials); the ETA extrapolates from the trials' own time."""
         self.name, self.total, self.metric, self.mode, self.keys = name, total, metric, mode, keys
+        self.started = started
         self.setup()
 
     def setup(self, **info) -> None:  # also called when a restored experiment starts again
@@ -48,10 +52,11 @@ class Progress(Callback):
         for t in trials:
             if t.status == "TERMINATED" or t is ending:
                 self._consider(t)
-        elapsed = time.monotonic() - self.t0
+        now = time.monotonic()
+        elapsed = now - (self.started if self.started is not None else self.t0)
         eta = "?"
         if self.finished_here:
-            eta = _fmt_s(elapsed / self.finished_here * (self.total - done)) if done < self.total else "0m00s"
+            eta = _fmt_s((now - self.t0) / self.finished_here * (self.total - done)) if done < self.total else "0m00s"
         best = f"best {self.metric} {100 * self.best[0]:.1f} ({self.best[1]})" if self.best else "best -"
         print(f"[{self.name}] {done}/{self.total} done, {running} running, {pending} pending | {best} | "
               f"{_fmt_s(elapsed)} elapsed, ETA {eta} | {event}", flush=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from dataclasses import dataclass, field
 
 from wilss.atomic import check_writable_dir
@@ -186,7 +187,7 @@ def _trainable(spec: SweepSpec, totals: dict):
     return tune.with_resources(tune.with_parameters(trial_main, spec=spec), res)
 
 
-def _tuner(p: Plan, search: Search, storage: Storage, concurrency: int, totals: dict):
+def _tuner(p: Plan, search: Search, storage: Storage, concurrency: int, totals: dict, started: float):
     from ray import tune
 
     from wilss.launch.progress import Progress
@@ -225,7 +226,7 @@ def _tuner(p: Plan, search: Search, storage: Storage, concurrency: int, totals: 
                                       scheduler=scheduler, trial_dirname_creator=_trial_dirname, reuse_actors=True)
     run_config = tune.RunConfig(name=p.experiment, storage_path=storage.uri_of("ray"),
                                 failure_config=tune.FailureConfig(max_failures=1),
-                                callbacks=[Progress(p.experiment, p.total, p.spec.metric, p.spec.mode, keys)],
+                                callbacks=[Progress(p.experiment, p.total, p.spec.metric, p.spec.mode, keys, started)],
                                 verbose=0)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
@@ -245,6 +246,7 @@ def _check_cluster(address: str | None) -> None:
 def run_sweep(spec: SweepSpec, search: Search, *, tasks: tuple[str, ...] = (), repeats: int = 1,
               resume: bool = False, address: str | None = None, concurrency: int | None = None) -> SweepResult:
     """Run (or resume) a sweep; returns its rows. Checks everything before Ray starts."""
+    started = time.monotonic()
     if concurrency is not None and concurrency < 1:
         raise ConfigError(f"--concurrency must be >= 1, got {concurrency} (leave it out to fill the cluster)")
     plans = plan(spec, search, tasks, repeats)
@@ -288,6 +290,6 @@ def run_sweep(spec: SweepSpec, search: Search, *, tasks: tuple[str, ...] = (), r
             build_shared(shared_evidence(plans) + shared_jobs(plans), spec, free_node_cpus(spec.gpus_per_trial),
                          log=lambda m: print(m, flush=True))
         for p in plans:
-            grid = _tuner(p, search, storage, n, totals).fit()
+            grid = _tuner(p, search, storage, n, totals, started).fit()
             failed += [r.path.rstrip("/").rsplit("/", 1)[-1] for r in grid if r.error is not None]
     return SweepResult(read_rows(storage, spec.name), failed, storage)
