@@ -188,13 +188,7 @@ def test_killed_driver_resumes_without_duplicates_or_reruns(ray_home, tmp_path):
     # recorded as finished may start again, but then skips the steps it had finished
     text = "".join(f.read_text() for f in logs.glob("*.log"))
     assert len(re.findall(r"step \d: mIoU all", text)) == 7 and text.count("reused the shared artifact") == 6
-    # the shared step 0 has one log (the resumed sweep did not build it again); so has the shared evidence
-    # (the resumed sweep found it cached)
-    evidence_logs = list(logs.glob("shared-evidence-*.log"))
-    assert len(list(logs.glob("shared-*.log"))) == 2 and len(evidence_logs) == 1
-    built = evidence_logs[0].read_text()
-    assert re.search(r"foundation evidence of \d+ images: 0 cached, [1-9]\d* computed", built)
-    assert re.search(r"foundation evidence of \d+ images: [1-9]\d* cached, 0 computed", built)
+    assert len(list(logs.glob("shared-*.log"))) == 1  # the resumed sweep did not build it again
     for trial in recorded:  # finished trials did not start again
         assert (logs / f"{trial}.log").read_text().count(" of ablate_lambda-smoke") == 1
     assert "train.lr_next" in out.stdout  # the closing table
