@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -63,7 +64,9 @@ class EvidenceStore:
         """The entry's tensors, or None when absent or invalid (an invalid file is removed)."""
         path = self.path(mkey, key)
         try:
-            data = bytearray(path.read_bytes())  # writable: the tensors are views of it
+            with open(path, "rb") as f:  # straight into a writable buffer: the tensors are views of it
+                data = bytearray(os.fstat(f.fileno()).st_size)
+                f.readinto(data)  # a file that shrank meanwhile leaves zeros: the digest refuses it
         except FileNotFoundError:
             return None
         try:

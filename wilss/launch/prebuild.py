@@ -108,27 +108,33 @@ def evidence_key(cfg: Config) -> str:
     return sha256_json(keys)[:20]
 
 
-def trial_configs(plan) -> tuple[list[Config], int | None]:
-    """The configs a plan's trials will run (one per trial and task) and the last step they can
-    share (None: any). A grid enumerates its points; an Optuna study is known only at its default
-    point, and its trials share step 0 alone, when no searched key determines step 0."""
+def known_configs(plan) -> list[Config]:
+    """The configs a plan's trials will run (one per trial and task), as far as the planner knows them:
+    a grid enumerates its points; an Optuna study is known only at its default point (``first_point``),
+    which stands for all of its trials."""
     spec = plan.spec
     if plan.param_space:  # grid
         keys = list(plan.param_space)
         points = [dict(zip(keys, values)) for values in itertools.product(*plan.param_space.values())]
-        last = None
-    else:  # optuna: sampled later; the step-0 config must not depend on any searched key
-        method = create_method(spec.base.method)
-        fixed = step_config(spec.base, 0, method.sections, method.step0_keys)
-        if any(p.key in fixed for p in plan.params):
-            return [], 0
+    else:
         points = [plan.first_point or {}] * plan.total
-        last = 0
     configs = []
     for point in points:
         cfg = override(spec.base, point)
         configs += [override(cfg, {"data.task": t}) if t != cfg.data.task else cfg for t in spec.trial_tasks(cfg)]
-    return configs, last
+    return configs
+
+
+def trial_configs(plan) -> tuple[list[Config], int | None]:
+    """``known_configs`` and the last step they can share (None: any). An Optuna study's trials share
+    step 0 alone, and only when no searched key determines step 0."""
+    if plan.param_space:
+        return known_configs(plan), None
+    method = create_method(plan.spec.base.method)
+    fixed = step_config(plan.spec.base, 0, method.sections, method.step0_keys)
+    if any(p.key in fixed for p in plan.params):
+        return [], 0
+    return known_configs(plan), 0
 
 
 def shared_jobs(plans) -> list[Job]:
@@ -158,14 +164,9 @@ def shared_evidence(plans) -> list[EvidenceJob]:
     users: Counter = Counter()
     first: dict[str, Config] = {}
     for plan in plans:
-        if plan.param_space:
-            configs, _ = trial_configs(plan)
-        elif any(p.key.startswith(("data.", "foundation.")) for p in plan.params):
-            continue
-        else:
-            cfg = override(plan.spec.base, plan.first_point or {})
-            configs = [override(cfg, {"data.task": t}) for t in plan.spec.trial_tasks(cfg)] * plan.total
-        for cfg in configs:
+        if not plan.param_space and any(p.key.startswith(("data.", "foundation.")) for p in plan.params):
+            continue  # an Optuna study that searches what the evidence depends on
+        for cfg in known_configs(plan):
             method = create_method(cfg.method)
             if method.joint or not method.uses_evidence(cfg) or get_task(cfg.data.dataset, cfg.data.task).n_steps < 2:
                 continue
