@@ -54,7 +54,7 @@ ABLATIONS = {
     "fusion": ("pseudo.fusion",),
     "lambda": ("fmwiss.lambda_dcl",),
     "alpha_beta": ("fmwiss.alpha", "fmwiss.beta"),
-    "components": ("fmwiss.teacher", "fmwiss.dcl", "fmwiss.copy_paste"),
+    "components": ("fmwiss.teacher", "fmwiss.dcl", "fmwiss.copy_paste", "pseudo.fusion"),  # fusion none: no seeds
 }
 ABLATION_TITLES = {"n_seeds": "Seed count N", "fusion": "Fusion of M_init and M_seeds",
                    "lambda": "Dense contrastive loss weight λ", "alpha_beta": "α × β",

@@ -38,8 +38,11 @@ def test_fmwiss_runs_resumes_and_reuses_evidence(small_synthetic, tmp_path):
     assert 0 <= first["pseudo.miou_fused"] <= 1
     # step 0 archived instances; the last step adds none (no later step would paste them)
     assert rows[0]["memory.instances"] > 0 and first["memory.instances"] == rows[0]["memory.instances"]
-    # every epoch logs every loss term
+    # every epoch logs every loss term, and the teacher's p_c on / off the true pixels of each new class
     assert any("teacher_bce" in m and "dcl" in m for m in logs)
+    probes = [m for m in logs if "teacher p_c on / off" in m]
+    assert len(probes) == FAST["train.epochs_next"] and all("house " in m and "lightning " in m for m in probes)
+    assert 0 < first["teacher.p_on"] < 1 and 0 < first["teacher.p_off"] < 1
 
     # another run that changes only pseudo-label and loss knobs computes no evidence
     knobs = {"pseudo.n_seeds": 3, "pseudo.topk": 0.5, "pseudo.fusion": "intersection", "fmwiss.alpha": 0.2,

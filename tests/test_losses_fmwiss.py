@@ -90,6 +90,18 @@ def test_teacher_bce_by_hand():
         teacher_bce(logits, targets, [0])
 
 
+def test_teacher_bce_positive_weight_scales_only_the_positive_term():
+    logits = torch.zeros(1, 3, 1, 2)
+    logits[0, 2] = LN3  # sigmoid = 3/4
+    targets = torch.tensor([[[[1.0, 0.0]], [[1.0, 0.0]]]])  # for channels 0 and 2
+    assert close(teacher_bce(logits, targets, [0, 2], pos_weight=[1.0, 1.0]), teacher_bce(logits, targets, [0, 2]))
+    # channel 2's positive pixel -log(3/4) is weighted 5x; its negative -log(1/4) and channel 0 stay
+    weighted = (2 * LOG2 + 5 * math.log(4 / 3) + math.log(4)) / 4
+    assert close(teacher_bce(logits, targets, [0, 2], pos_weight=[1.0, 5.0]), weighted)
+    with pytest.raises(ValueError, match="pos_weight"):
+        teacher_bce(logits, targets, [0, 2], pos_weight=[5.0])
+
+
 def test_old_class_bce_by_hand():
     logits = torch.zeros(2, 3, 1, 2, requires_grad=True)
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""The synthetic benchmark: VOC-aug layout, determinism, class mix, shape-only cues, safe (re)generation."""
+"""The synthetic benchmark: VOC-aug layout, determinism, class mix, VOC-like statistics, appearance cues,
+safe (re)generation."""
 
 import json
 import os
@@ -84,11 +85,11 @@ def test_deterministic_across_runs_and_workers(tmp_path):
 
 def test_images_mix_classes_from_the_whole_range(dataset):
     sets = [set(np.unique(m).tolist()) - {0, 255} for m in _masks(dataset)]
-    assert np.mean([len(s) >= 2 for s in sets]) > 0.8
+    assert 0.25 < np.mean([len(s) >= 2 for s in sets]) < 0.5  # VOC: 36% of images hold 2+ classes
     assert set().union(*sets) == set(range(1, 16))
     only_low = np.mean([bool(s) and max(s) <= 10 for s in sets])
     mixed = np.mean([min(s, default=99) <= 10 < max(s, default=0) for s in sets])
-    assert only_low > 0.1 and mixed > 0.1
+    assert only_low > 0.3 and mixed > 0.05
 
 
 def test_void_marks_every_label_boundary(dataset):
@@ -101,8 +102,9 @@ def test_void_marks_every_label_boundary(dataset):
             assert not ((a != b) & (a != 255) & (b != 255)).any()
 
 
-def test_colour_does_not_identify_the_class(dataset):
-    """Per (image, class) mean colours spread widely within a class and a nearest-centroid rule fails."""
+def test_colour_is_informative_but_not_decisive(dataset):
+    """Per (image, class) mean colours: a nearest-centroid rule beats chance (1/15) clearly, as colour
+    tells VOC's classes apart in part, but stays far from decisive, so shape must do the rest."""
     colours, classes = [], []
     for image, mask in zip(_images(dataset), _masks(dataset)):
         for c in set(np.unique(mask).tolist()) - {0, 255}:
@@ -111,10 +113,33 @@ def test_colour_does_not_identify_the_class(dataset):
                 classes.append(c)
     colours, classes = np.array(colours), np.array(classes)
     centroids = np.stack([colours[classes == c].mean(0) for c in range(1, 16)])
-    for c in range(1, 16):
-        assert colours[classes == c].std(0).mean() > 35, synthetic.CLASSES[c]
     nearest = np.linalg.norm(colours[:, None] - centroids[None], axis=2).argmin(1) + 1
-    assert (nearest == classes).mean() < 0.25  # chance is 1/15; a colour cue would push this far up
+    accuracy = (nearest == classes).mean()
+    assert 0.2 < accuracy < 0.5, accuracy  # 0.34 on 400 scenes
+    for c in range(1, 16):  # each class takes several colours
+        assert colours[classes == c].std(0).mean() > 30, synthetic.CLASSES[c]
+    # the class-colour table itself: no colour names one class with probability above 1/2
+    probs = np.stack([synthetic.class_colour_probs(c) for c in range(1, 16)])  # (15, 12)
+    assert np.allclose(probs.sum(1), 1)
+    assert (probs / probs.sum(0)).max() < 0.5
+
+
+def test_scene_statistics_are_vocs():
+    """Objects per image and pixel shares near VOC's (the docstring's table): 1-3 classes per image,
+    1.47 on average, each present class on 10-25% of the pixels, background about 70%, void a few %."""
+    n_classes, shares, bg, void = [], [], [], []
+    for i in range(300):
+        _, mask = synthetic.render_scene(np.random.default_rng([0, 0, i]), 64)
+        present = set(np.unique(mask).tolist()) - {0, 255}
+        n_classes.append(len(present))
+        shares += [(mask == c).mean() for c in present]
+        bg.append((mask == 0).mean())
+        void.append((mask == 255).mean())
+    counts = np.bincount(n_classes, minlength=4) / len(n_classes)
+    assert counts[0] == 0 and set(n_classes) <= {1, 2, 3}
+    assert abs(counts[1] - 0.64) < 0.08 and 1.35 < np.mean(n_classes) < 1.6
+    assert 0.12 < np.mean(shares) < 0.25
+    assert 0.6 < np.mean(bg) < 0.78 and 0.03 < np.mean(void) < 0.1
 
 
 def test_ensure_reuses_an_existing_tree(tmp_path, monkeypatch):
@@ -135,6 +160,14 @@ def test_ensure_rejects_other_parameters(tmp_path):
         synthetic.ensure(root, seed=2, **SMALL)
     with pytest.raises(DataError, match="n_train"):  # also a WilssError: the CLI prints it as one line
         synthetic.ensure(root, **{**SMALL, "n_train": 13}, seed=1)
+
+
+def test_a_tree_of_an_older_format_is_refused_with_the_fix(tmp_path):
+    root = synthetic.generate(tmp_path / "ds", seed=1, **SMALL)
+    meta = json.loads((root / "meta.json").read_text())
+    (root / "meta.json").write_text(json.dumps({**meta, "format_version": synthetic.FORMAT_VERSION - 1}))
+    with pytest.raises(DataError, match=rf"format {synthetic.FORMAT_VERSION - 1}.*delete .* to regenerate"):
+        synthetic.ensure(root, seed=1, **SMALL)
 
 
 def test_a_foreign_non_empty_root_is_refused(tmp_path):

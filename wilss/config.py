@@ -162,6 +162,10 @@ class FMWISSConfig:
     points_per_class: int = knob(10, lo=1, hi=100000)
     embed_dim: int = knob(64, lo=4, hi=4096)
     warmup_epochs: int = knob(5, lo=0)
+    # BCE pos_weight of the new classes in the teacher's L_bce^T (1 = the paper's plain pixel BCE). Each
+    # new class covers a small share of a batch's pixels, so the plain BCE is dominated by negatives;
+    # DKD uses a positive weight for the same reason (METHOD.md §3.2). Presets say which value they use.
+    teacher_pos_weight: float = knob(1.0, lo=0.0, hi=1000.0)
     memory_per_class: int = knob(50, lo=0, hi=100000)
     paste_prob: float = knob(0.5, lo=0.0, hi=1.0)
     paste_scale_min: float = knob(0.5, lo=0.05, hi=10.0)

@@ -113,6 +113,7 @@ def fit(method: Method, ctx: StepContext, loader: Iterable, epochs: int, lr: flo
         terms_txt = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
         log(f"  step {ctx.step} epoch {epoch + 1}/{epochs}  loss {means.get('loss', float('nan')):.4f}"
             f"{'  (' + terms_txt + ')' if terms_txt else ''}  {time.perf_counter() - start:.1f}s")
+        method.end_epoch(ctx)
         if on_epoch is not None:
             on_epoch(epoch, means)
     return means

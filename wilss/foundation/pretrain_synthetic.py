@@ -66,7 +66,7 @@ from wilss.config import FoundationConfig
 from wilss.data import synthetic
 from wilss.foundation import quality, tiny
 from wilss.foundation.clip import ClipScorer
-from wilss.foundation.dino import colour_jitter, cosine, train_dino
+from wilss.foundation.dino import cosine, train_dino
 from wilss.foundation.mimetic import mimetic_init_
 from wilss.foundation.vit import VitEvidence
 from wilss.models.student import TINY_WEIGHTS, load_backbone_file
@@ -134,7 +134,7 @@ def train_clip(model: nn.Module, tokenizer: Callable, images: torch.Tensor, mask
     Only parameters with ``requires_grad`` are trained; ``locked`` (a frozen part, e.g. a LiT image
     trunk) stays in eval mode, so its batch-norm statistics are not updated either.
     """
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     pre = model.visual.preprocess_cfg
     mean, std = torch.tensor(pre["mean"]).view(1, 3, 1, 1), torch.tensor(pre["std"]).view(1, 3, 1, 1)
@@ -157,7 +157,8 @@ def train_clip(model: nn.Module, tokenizer: Callable, images: torch.Tensor, mask
             views.append(x.flip(-1) if rng.random() < 0.5 else x)
             texts.append(text)
             sets.append(named)
-        x = (colour_jitter(torch.stack(views), gen) - mean) / std  # colour says nothing about the class here
+        # No colour augmentation (CLIP's own recipe is crops and flips): colour is part of a class's look.
+        x = (torch.stack(views) - mean) / std
         img = model.encode_image(x, normalize=True)  # (B, d)
         txt = model.encode_text(tokenizer(texts), normalize=True)  # (B, d)
         logits = model.logit_scale.exp() * img @ txt.T  # (B, B)

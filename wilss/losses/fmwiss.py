@@ -13,18 +13,24 @@ import torch.nn.functional as F
 
 
 def teacher_bce(logits: torch.Tensor, targets: torch.Tensor, channels: Sequence[int],
-                valid: torch.Tensor | None = None) -> torch.Tensor:
+                valid: torch.Tensor | None = None, pos_weight: Sequence[float] | None = None) -> torch.Tensor:
     """L_bce^T (METHOD.md §5.3): the teacher's pixel BCE against the fused pseudo masks.
 
     logits: (B, C, H, W) teacher logits; targets: (B, C', H, W) in [0, 1] for ``channels``
     (C' = len(channels), e.g. background and the new classes). valid: optional (B, H, W) bool mask
-    or float pixel weights. Returns BCE-with-logits averaged over the channels and the (weighted)
-    pixels; 0 (with a graph) when no pixel has weight.
+    or float pixel weights. pos_weight: optional (C',) weights of the positive term per channel
+    (``fmwiss.teacher_pos_weight`` on the new classes; None = 1, the paper's plain BCE). Returns
+    BCE-with-logits averaged over the channels and the (weighted) pixels; 0 (with a graph) when no
+    pixel has weight.
     """
     if targets.shape[1] != len(channels):
         raise ValueError(f"targets have {targets.shape[1]} channels for {len(channels)} logit channels")
+    if pos_weight is not None:
+        if len(pos_weight) != len(channels):
+            raise ValueError(f"pos_weight has {len(pos_weight)} entries for {len(channels)} channels")
+        pos_weight = torch.tensor(list(pos_weight), dtype=logits.dtype, device=logits.device)[:, None, None]
     bce = F.binary_cross_entropy_with_logits(logits[:, list(channels)], targets.to(logits.dtype),
-                                             reduction="none")  # (B, C', H, W)
+                                             reduction="none", pos_weight=pos_weight)  # (B, C', H, W)
     return _pixel_mean(bce, valid)
 
 

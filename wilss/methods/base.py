@@ -123,6 +123,9 @@ class Method:
     def begin_epoch(self, ctx: StepContext) -> None:
         """Hook after the engine put the model in train mode, before each epoch (``ctx.epoch``)."""
 
+    def end_epoch(self, ctx: StepContext) -> None:
+        """Hook after each epoch's training and its log line (diagnostics; the model is in train mode)."""
+
     def param_groups(self, ctx: StepContext, lr: float) -> list[dict]:
         """Optimiser groups (each may set its own ``lr`` and ``weight_decay``)."""
         return default_param_groups(ctx.model, lr, ctx.cfg.train)

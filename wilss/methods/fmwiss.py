@@ -35,6 +35,8 @@ from wilss.methods.base import Method, StepContext, default_param_groups
 from wilss.metrics import ConfusionMatrix
 from wilss.models.teacher import PlugInTeacher
 
+PROBE_IMAGES = 64  # training images the per-epoch teacher diagnostic reads
+
 
 def sample_into_crop(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Whole-image maps (B, h, w) long -> the augmented crops' pixels (B, H, W) via coords (B, H, W, 2)."""
@@ -52,6 +54,7 @@ class FMWISS(Method):
         self.memory: CopyPasteMemory | None = None
         self.evidence = None
         self.teacher: PlugInTeacher | None = None
+        self.probe: dict = {}  # the last epoch's teacher diagnostic (result-row columns)
 
     def check(self, cfg) -> None:
         """Resolve both foundation models' weights (names, tags, files) now, not after step 0."""
@@ -94,7 +97,7 @@ class FMWISS(Method):
         cfg = ctx.cfg
         if self.memory is None:
             self.memory = CopyPasteMemory(cfg.fmwiss.memory_per_class)
-        self.evidence, self.teacher = None, None
+        self.evidence, self.teacher, self.probe = None, None, {}
         if ctx.step == 0:
             return
         if cfg.pseudo.source == "ground_truth":
@@ -138,6 +141,42 @@ class FMWISS(Method):
     def begin_epoch(self, ctx: StepContext) -> None:
         if self.teacher is not None and ctx.step > 0:
             self.teacher.train()
+
+    def end_epoch(self, ctx: StepContext) -> None:
+        """Log whether the teacher learns: its mean p_c on the true pixels of each new class c and off them,
+        on the step's first PROBE_IMAGES training images (their masks measure, they never train)."""
+        if self.teacher is None or ctx.step == 0:
+            return
+        on, off = self._teacher_probe(ctx)
+        names = [ctx.data.class_names[c] for c in ctx.new_channels]
+        ctx.log("    teacher p_c on / off the pixels of c: "
+                + ", ".join(f"{n} {a:.2f}/{b:.2f}" for n, a, b in zip(names, on, off)))
+        self.probe = {"teacher.p_on": float(np.nanmean(on)), "teacher.p_off": float(np.nanmean(off))}
+
+    @torch.no_grad()
+    def _teacher_probe(self, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
+        """(C_new,) mean teacher probability of each new class on its true pixels and on the other valid
+        pixels of the probe images (NaN where a class has no pixel there); restores the train modes."""
+        lut = labels.train_lut(ctx.task, ctx.step, "ignore")  # new -> channel, old/bg -> 0, void ignored
+        indices = self.train_indices(ctx)[:PROBE_IMAGES]
+        modes = ctx.model.training, self.teacher.training
+        ctx.model.eval()
+        self.teacher.eval()
+        new = list(ctx.new_channels)
+        sums = torch.zeros(4, len(new), dtype=torch.float64, device=ctx.device)  # on sum, on n, off sum, off n
+        for batch in self._eval_loader(ctx, lut, weak=False, indices=indices):
+            image, mask = batch["image"].to(ctx.device), batch["mask"].to(ctx.device)
+            logits, _ = self.teacher(ctx.model.encode(image))
+            p = torch.sigmoid(F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False))
+            valid = mask != IGNORE
+            for i, c in enumerate(new):
+                on, off = mask == c, valid & (mask != c)
+                sums[:, i] += torch.stack([p[:, c][on].sum(), on.sum(), p[:, c][off].sum(), off.sum()]).double()
+        ctx.model.train(modes[0])
+        self.teacher.train(modes[1])
+        sums = sums.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return sums[0] / sums[1], sums[2] / sums[3]
 
     # ---------------------------------------------------------------------------------------------
     # losses
@@ -191,7 +230,8 @@ class FMWISS(Method):
             t_logits, emb = self.teacher(enc)
             t_up = F.interpolate(t_logits, size=size, mode="bilinear", align_corners=False)
             onehot = F.one_hot(target, ctx.n_seen).permute(0, 3, 1, 2).float()  # (B, C, H, W)
-            terms["teacher_bce"] = L.teacher_bce(t_up, onehot[:, [0, *new]], [0, *new])
+            pos_weight = [1.0] + [f.teacher_pos_weight] * len(new) if f.teacher_pos_weight != 1 else None
+            terms["teacher_bce"] = L.teacher_bce(t_up, onehot[:, [0, *new]], [0, *new], pos_weight=pos_weight)
             if f.dcl and f.lambda_dcl > 0:
                 small = F.interpolate(target[:, None].float(), size=emb.shape[-2:], mode="nearest")[:, 0].long()
                 pts, lab = L.sample_points(emb, small, f.points_per_class, self.cpu_gen)
@@ -222,12 +262,13 @@ class FMWISS(Method):
             cols = self._fill_memory(ctx)
             if ctx.step > 0 and self.evidence is not None:
                 cols |= self._pseudo_quality(ctx)
-        return cols
+        return cols | self.probe
 
-    def _eval_loader(self, ctx: StepContext, lut: np.ndarray, weak: bool):
+    def _eval_loader(self, ctx: StepContext, lut: np.ndarray, weak: bool, indices: np.ndarray | None = None):
         cfg = ctx.cfg
+        indices = self.train_indices(ctx) if indices is None else indices
         ds = SegmentationDataset(
-            ctx.data.train, self.train_indices(ctx), lut, eval_transform("crop", cfg.data.crop_size),
+            ctx.data.train, indices, lut, eval_transform("crop", cfg.data.crop_size),
             labels=labels.image_labels(ctx.data.present_train, ctx.task, ctx.step) if weak else None,
             coords=weak, extras=self._evidence_reader(ctx) if weak else None)
         return torch.utils.data.DataLoader(ds, batch_size=cfg.eval.batch_size, num_workers=cfg.data.loader_workers)
