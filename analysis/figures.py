@@ -127,6 +127,10 @@ def alpha_beta_heatmap(block: Block, folder: Path, metric: str = "miou_all") -> 
     return [save(fig, folder, "alpha_beta_heatmap")]
 
 
+PSEUDO_COLOURS = {"pseudo.miou_init": "C3", "pseudo.miou_seeds": "C4", "pseudo.miou_fused": "C0",
+                  "pseudo.miou_ones": "0.4", "pseudo.miou_random": "0.7"}
+
+
 def pseudo_quality(block: Block, folder: Path) -> list[Path]:
     """Pseudo-label mIoU against ground truth (steps >= 1, averaged over a trial's steps) vs N."""
     k = "pseudo.n_seeds"
@@ -140,9 +144,10 @@ def pseudo_quality(block: Block, folder: Path) -> list[Path]:
     fig, axes = _panels(len(groups))
     for ax, (title, g) in zip(axes, groups):
         s = percent(seed_means(g, [k], cols)).sort_values(k)
-        for c, color in zip(cols, ("C3", "C4", "C0")):
-            ax.errorbar(s[k], s[f"{c}.mean"], yerr=s[f"{c}.std"].fillna(0), marker="o", color=color,
-                        label=METRIC_LABELS[c])
+        for c in cols:
+            baseline = c in ("pseudo.miou_ones", "pseudo.miou_random")  # image labels only: dashed
+            ax.errorbar(s[k], s[f"{c}.mean"], yerr=s[f"{c}.std"].fillna(0), marker="" if baseline else "o",
+                        linestyle="--" if baseline else "-", color=PSEUDO_COLOURS[c], label=METRIC_LABELS[c])
         ax.set_xlabel("N (pseudo.n_seeds)")
         ax.set_ylabel("pseudo-label mIoU (%)")
         ax.set_title(title)

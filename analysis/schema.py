@@ -18,10 +18,13 @@ REQUIRED = (*ID_COLUMNS, "miou_all")
 # Metrics of one step (METHOD.md §2): "old" = step-0 classes, "new" = classes of steps 1..t (cumulative).
 # miou_old and miou_all include background (DKD convention); *_nobg leave it out (WILSON's "1-15").
 METRICS = ("miou_all", "miou_old", "miou_new", "miou_old_nobg", "miou_all_nobg", "hiou")
-PSEUDO_METRICS = ("pseudo.miou_init", "pseudo.miou_seeds", "pseudo.miou_fused")
+# the pseudo masks' quality, and two masks that know only the image labels (all ones, a random half)
+PSEUDO_METRICS = ("pseudo.miou_init", "pseudo.miou_seeds", "pseudo.miou_fused", "pseudo.miou_ones",
+                  "pseudo.miou_random")
 METRIC_LABELS = {"miou_all": "all", "miou_old": "old", "miou_new": "new", "miou_old_nobg": "old",
                  "miou_all_nobg": "all (no bg)", "hiou": "hIoU", "pseudo.miou_init": "M_init",
-                 "pseudo.miou_seeds": "M_seeds", "pseudo.miou_fused": "M_fm (fused)"}
+                 "pseudo.miou_seeds": "M_seeds", "pseudo.miou_fused": "M_fm (fused)",
+                 "pseudo.miou_ones": "all-ones mask", "pseudo.miou_random": "random mask"}
 
 # The two column conventions of the field's tables (METHOD.md §2, §7.3). A convention is the triple of
 # row metrics shown as old / new / all (plus hIoU for DKD), and the sentence the caption states.

@@ -33,7 +33,7 @@ def test_fmwiss_runs_resumes_and_reuses_evidence(small_synthetic, tmp_path):
     first = rows[1]
     assert first["cache.evidence_misses"] == first["n_train_images"] and first["cache.evidence_hits"] == 0
     for key in ("loss.teacher_bce", "loss.dcl", "loss.seg", "pseudo.miou_init", "pseudo.miou_seeds",
-                "pseudo.miou_fused", "memory.instances", "time.pseudo_s"):
+                "pseudo.miou_fused", "pseudo.miou_ones", "pseudo.miou_random", "memory.instances", "time.pseudo_s"):
         assert key in first and np.isfinite(first[key]), key
     assert 0 <= first["pseudo.miou_fused"] <= 1
     # step 0 archived instances; the last step adds none (no later step would paste them)
@@ -73,7 +73,7 @@ def test_ground_truth_pseudo_masks_need_no_foundation_model(small_synthetic, tmp
     from wilss.losses import fmwiss as losses
 
     teacher_bce = losses.teacher_bce
-    monkeypatch.setattr(losses, "teacher_bce", lambda lg, tg, ch, valid=None: seen.append(tg) or teacher_bce(lg, tg, ch))
+    monkeypatch.setattr(losses, "teacher_bce", lambda lg, tg, ch, **kw: seen.append(tg) or teacher_bce(lg, tg, ch, **kw))
     rows = run_protocol(cfg, tmp_path / "run", progress=False, log=lambda m: None)
     step1 = rows[1]
     assert step1["pseudo.source"] == "ground_truth" and "cache.evidence_misses" not in step1

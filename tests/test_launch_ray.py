@@ -153,7 +153,9 @@ def test_killed_driver_resumes_without_duplicates_or_reruns(ray_home, tmp_path):
     storage = tmp_path / "sweeps"
     lrs = ["1e-4", "2e-4", "3e-4", "4e-4", "5e-4", "6e-4"]
     cmd = [sys.executable, str(ROOT / "experiments" / "ablate_lambda.py"), "--smoke-test", "--storage", str(storage),
-           "--set", f"method={METHOD}", "--set", "data.synthetic_train=120", "--set", "train.epochs_next=3",
+           # a step 1 of a few seconds (156 images, 4 epochs): longer than Tune's 5-s state saves, so the
+           # kill below lands while a trial trains and after Tune recorded a finished one
+           "--set", f"method={METHOD}", "--set", "data.synthetic_train=400", "--set", "train.epochs_next=4",
            "--grid", "fmwiss.lambda_dcl=0.1", "--grid", f"train.lr_next={','.join(lrs)}", "--concurrency", "1"]
     env = os.environ | {"HOME": str(ray_home)}
     results, experiment = storage / "results", storage / "ray" / "ablate_lambda-smoke"

@@ -298,19 +298,28 @@ class FMWISS(Method):
         return {"memory.instances": len(self.memory)}
 
     def _pseudo_quality(self, ctx: StepContext) -> dict:
-        """mIoU (bg + new classes) of M_init, M_seeds and the fused mask against the true masks."""
+        """mIoU (bg + new classes) of M_init, M_seeds and the fused mask against the true masks, next to
+        two masks that know only the image labels: all ones for each labelled class (``ones``) and a
+        random half of the pixels for each (``random``); where labelled classes overlap, a random class
+        takes the pixel (the real masks use the M_init scores there)."""
         from wilss.pseudo import label_map
 
         lut = labels.train_lut(ctx.task, ctx.step, "ignore")  # new -> channel, old/bg -> 0, void ignored
-        cms = {k: ConfusionMatrix(ctx.n_seen, ctx.device) for k in ("init", "seeds", "fused")}
+        kinds = ("init", "seeds", "fused", "ones", "random")
+        cms = {k: ConfusionMatrix(ctx.n_seen, ctx.device) for k in kinds}
+        gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.train.seed)  # the baselines' draws
         for batch in self._eval_loader(ctx, lut, weak=True):
             batch = {k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             pm = self.pseudo_labels(ctx, batch)
             valid = batch["labels"][:, ctx.n_old:] > 0
-            for key, masks in (("init", pm.init), ("seeds", pm.seeds), ("fused", pm.fused)):
-                if masks is None:  # fusion "none" computes no seed attention
+            noise = torch.rand(pm.scores.shape, generator=gen, device=ctx.device)  # (B, C, h, w)
+            masks = {"init": (pm.init, pm.scores), "seeds": (pm.seeds, pm.scores), "fused": (pm.fused, pm.scores),
+                     "ones": (torch.ones_like(pm.init), noise),
+                     "random": (torch.rand(noise.shape, generator=gen, device=ctx.device) < 0.5, noise)}
+            for key, (mask, scores) in masks.items():
+                if mask is None:  # fusion "none" computes no seed attention
                     continue
-                pred = self._channels(ctx, sample_into_crop(label_map(masks, pm.scores, valid), batch["coords"]))
+                pred = self._channels(ctx, sample_into_crop(label_map(mask, scores, valid), batch["coords"]))
                 cms[key].update(pred, batch["mask"])
         keep = [0, *ctx.new_channels]
         return {f"pseudo.miou_{k}": float(np.nanmean(cm.iou()[keep])) if cm.mat.sum() else float("nan")
