@@ -206,3 +206,27 @@ def test_pseudo_masks_follow_the_clip_evidence():
     out = pseudo_masks(feats, text, None, None, valid, PseudoConfig(fusion="none"), None)
     assert torch.equal(out.init[0, 0], is_left) and torch.equal(out.init[0, 1], ~is_left)
     assert torch.equal(out.labels[0], torch.where(is_left, 1, 2))
+
+
+def test_softmax_bg_scores_by_hand_and_a_background_prompt_keeps_background():
+    s = torch.tensor([[[[0.1, 0.3]], [[0.2, 0.0]]]])  # (1, 2, 1, 2)
+    valid = torch.tensor([[True, False]])
+    bg = torch.tensor([[[[0.2, 0.1]]]])  # (1, 1, 1, 2)
+    sm = normalize_scores(s, valid, "softmax_bg", logit_scale=10.0, background=bg)
+    # pixel 0: class 0 logit 1 against background 2; pixel 1: 3 against 1; class 1 is not in K(x)
+    assert math.isclose(sm[0, 0, 0, 0].item(), math.e / (math.e + math.e ** 2), rel_tol=1e-6)
+    assert math.isclose(sm[0, 0, 0, 1].item(), math.e ** 3 / (math.e ** 3 + math.e), rel_tol=1e-6)
+    assert (sm[0, 1] == 0).all()
+    with pytest.raises(ValueError, match="softmax_bg"):
+        normalize_scores(s, valid, "softmax_bg")
+    # one labelled class, its text matching the left half; the background prompt matches the right half:
+    # softmax over K(x) alone scores every pixel 1, with the background prompt the right half scores low
+    e = torch.eye(4)
+    is_left = (torch.arange(4) < 2).expand(4, 4)
+    feats = torch.where(is_left, e[0][:, None, None], e[1][:, None, None])[None]  # (1, 4, 4, 4)
+    cfg = PseudoConfig(fusion="none", topk=0.5, topk_mode="relative")
+    plain = pseudo_masks(feats, e[:1], None, None, torch.tensor([[True]]), cfg, None, score_norm="softmax")
+    assert plain.init.all()
+    with_bg = pseudo_masks(feats, e[:1], None, None, torch.tensor([[True]]), cfg, None, score_norm="softmax_bg",
+                           background_emb=e[1])
+    assert torch.equal(with_bg.init[0, 0], is_left) and torch.equal(with_bg.labels[0], is_left.long())

@@ -120,9 +120,10 @@ class FoundationConfig:
     prompts: str = knob("imagenet", choices=("imagenet", "short"))
     # Dense CLIP features: the MaskCLIP value path of the last block (default) or plain patch tokens.
     dense: str = knob("maskclip", choices=("maskclip", "tokens"))
-    # Per-class normalisation of M_init over an image: min-max (default) or softmax over K(x) with
-    # CLIP's logit scale.
-    score_norm: str = knob("minmax", choices=("minmax", "softmax"))
+    # Per-class normalisation of M_init over an image: min-max (default), softmax over K(x) with CLIP's
+    # logit scale, or "softmax_bg": softmax over K(x) and a background prompt (``prompts.BACKGROUND``), so a
+    # pixel that matches "background" better than every labelled class scores low (as CLIP-ES does).
+    score_norm: str = knob("minmax", choices=("minmax", "softmax", "softmax_bg"))
     vit_model: str = "vit_base_patch16_224"
     vit_pretrained: str = "dino"
     # Side of the square image both models see; evidence is cached per (model, weights, image, size).

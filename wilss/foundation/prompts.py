@@ -37,6 +37,9 @@ SHORT: tuple[str, ...] = (
 
 PROMPTS = {"imagenet": IMAGENET, "short": SHORT}
 
+# The class name of the background prompt (``foundation.score_norm=softmax_bg``), in the templates above.
+BACKGROUND = "background"
+
 # Dataset spellings that are not words (VOC, COCO-Stuff ids); anything else only loses '_' and '-'.
 SPELLED_OUT = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
 

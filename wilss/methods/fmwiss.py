@@ -53,6 +53,7 @@ class FMWISS(Method):
     def __init__(self):
         self.memory: CopyPasteMemory | None = None
         self.evidence = None
+        self.background: torch.Tensor | None = None  # (d,) background prompt, score_norm=softmax_bg only
         self.teacher: PlugInTeacher | None = None
         self.probe: dict = {}  # the last epoch's teacher diagnostic (result-row columns)
 
@@ -115,6 +116,7 @@ class FMWISS(Method):
     def _load_evidence(self, ctx: StepContext) -> None:
         """The step's foundation evidence (computed where missing) and the new classes' text embeddings."""
         from wilss.foundation import FoundationEvidence
+        from wilss.foundation.prompts import BACKGROUND
 
         cfg = ctx.cfg
         t0 = time.perf_counter()
@@ -125,7 +127,10 @@ class FMWISS(Method):
         names = [ctx.data.class_names[c] for c in ctx.new_channels]
         self.text = self.evidence.text_embeddings(names).to(ctx.device)  # (C_new, d)
         # softmax normalisation of M_init uses CLIP's own logit scale (building CLIP just for it)
-        self.logit_scale = float(self.evidence.clip.logit_scale) if cfg.foundation.score_norm == "softmax" else 100.0
+        softmax = cfg.foundation.score_norm in ("softmax", "softmax_bg")
+        self.logit_scale = float(self.evidence.clip.logit_scale) if softmax else 100.0
+        self.background = (self.evidence.text_embeddings([BACKGROUND])[0].to(ctx.device)
+                           if cfg.foundation.score_norm == "softmax_bg" else None)  # (d,)
         ctx.stats.update({"cache.evidence_hits": stats["hits"], "cache.evidence_misses": stats["misses"],
                           "time.evidence_s": time.perf_counter() - t0, "time.pseudo_s": 0.0})
         ctx.log(f"  foundation evidence: {stats['hits']} cached, {stats['misses']} computed "
@@ -195,7 +200,7 @@ class FMWISS(Method):
         valid = batch["labels"][:, ctx.n_old:] > 0  # (B, C_new): the image labels K(x)
         return pseudo_masks(batch["clip"].float(), self.text, batch["q"], batch["k"], valid, ctx.cfg.pseudo,
                             self.gen, score_norm=fcfg.score_norm, logit_scale=self.logit_scale,
-                            vit_grid=self.evidence.vit_grid)
+                            vit_grid=self.evidence.vit_grid, background_emb=self.background)
 
     def _channels(self, ctx: StepContext, label_map: torch.Tensor) -> torch.Tensor:
         """Pseudo label index (0 bg, i = i-th new class) -> channel id (task order)."""

@@ -11,7 +11,7 @@ import torch
 
 BINARIZE_MODES = ("mass", "fraction", "relative")
 FUSIONS = ("union", "intersection", "none")
-SCORE_NORMS = ("minmax", "softmax")
+SCORE_NORMS = ("minmax", "softmax", "softmax_bg")
 
 
 def binarize(scores: torch.Tensor, k: float = 0.7, mode: str = "mass") -> torch.Tensor:
@@ -76,16 +76,25 @@ def fuse(init: torch.Tensor, seeds: torch.Tensor, how: str = "union") -> torch.T
 
 
 def normalize_scores(scores: torch.Tensor, valid: torch.Tensor, mode: str = "minmax",
-                     logit_scale: float = 100.0) -> torch.Tensor:
+                     logit_scale: float = 100.0, background: torch.Tensor | None = None) -> torch.Tensor:
     """Per-class CLIP score maps made comparable (METHOD.md §5.1 [recon]); invalid classes -> 0.
 
     scores: (B, C, h, w) raw cosine similarities F·T_c. valid: (B, C) bool, the classes of K(x).
     - "minmax" (default): (s - min) / (max - min) per map, in [0, 1]; a constant map becomes 0.
     - "softmax": softmax over the valid classes at each pixel of logit_scale * s (CLIP's scale);
       a pixel of an image with no valid class gets 0 everywhere.
+    - "softmax_bg": the same softmax with one more competitor, ``background`` (B, 1, h, w), the raw
+      cosine to a background prompt; its share is dropped, so the class maps sum to <= 1 per pixel.
     Returns (B, C, h, w) float, 0 on the channels of classes outside K(x).
     """
     vmask = valid[:, :, None, None]
+    if mode == "softmax_bg":
+        if background is None or background.shape != (scores.shape[0], 1, *scores.shape[2:]):
+            raise ValueError(f"score normalisation 'softmax_bg' needs background scores of shape "
+                             f"{(scores.shape[0], 1, *scores.shape[2:])}, got "
+                             f"{None if background is None else tuple(background.shape)}")
+        logits = torch.cat([(logit_scale * scores).masked_fill(~vmask, float("-inf")), logit_scale * background], 1)
+        return logits.softmax(1)[:, :-1] * vmask
     if mode == "minmax":
         lo = scores.amin((-2, -1), keepdim=True)
         hi = scores.amax((-2, -1), keepdim=True)

@@ -35,7 +35,7 @@ class PseudoMasks:
 def pseudo_masks(clip_feats: torch.Tensor, text_emb: torch.Tensor, q: torch.Tensor | None,
                  k: torch.Tensor | None, valid: torch.Tensor, cfg: PseudoConfig,
                  generator: torch.Generator | None, score_norm: str = "minmax", logit_scale: float = 100.0,
-                 vit_grid: tuple[int, int] | None = None) -> PseudoMasks:
+                 vit_grid: tuple[int, int] | None = None, background_emb: torch.Tensor | None = None) -> PseudoMasks:
     """Fused pseudo masks for the step's new classes (METHOD.md §5.1-§5.2).
 
     clip_feats: (B, d, hc, wc) L2-normalised dense CLIP features F.
@@ -45,16 +45,23 @@ def pseudo_masks(clip_feats: torch.Tensor, text_emb: torch.Tensor, q: torch.Tens
         (may be None) when cfg.fusion == "none", which skips seeds and attention entirely.
     valid: (B, C) bool, the image labels K(x); all outputs are restricted to these classes.
     cfg: n_seeds, topk, topk_mode, fusion. generator: draws the seeds (any device; see sample_seeds).
+    background_emb: (d,) L2-normalised text embedding of the background prompt; needed by
+        score_norm "softmax_bg" only.
 
     M_init = F·T^T is resized (bilinear) to the ViT grid when the grids differ, then normalised
     (``score_norm``, see normalize_scores), so every output lies on the ViT grid. Attention is
     computed only for each image's valid classes (padded to the largest |K(x)| in the batch).
     """
-    raw = torch.einsum("bdhw,cd->bchw", clip_feats.float(), text_emb.float())  # (B, C, hc, wc)
+    text = text_emb.float() if background_emb is None else torch.cat([text_emb, background_emb[None]]).float()
+    raw = torch.einsum("bdhw,cd->bchw", clip_feats.float(), text)  # (B, C [+ 1 background], hc, wc)
     hv, wv = vit_grid or (_square_grid(q) if q is not None else tuple(raw.shape[-2:]))
     if raw.shape[-2:] != (hv, wv):
         raw = F.interpolate(raw, size=(hv, wv), mode="bilinear", align_corners=False)
-    scores = normalize_scores(raw, valid, score_norm, logit_scale)  # (B, C, hv, wv)
+    if background_emb is not None:
+        raw, background = raw[:, :-1], raw[:, -1:]
+    else:
+        background = None
+    scores = normalize_scores(raw, valid, score_norm, logit_scale, background)  # (B, C, hv, wv)
     vmask = valid[:, :, None, None]
     init = binarize(scores, cfg.topk, cfg.topk_mode) & vmask
     if cfg.fusion == "none":
