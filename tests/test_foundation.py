@@ -130,13 +130,15 @@ def test_local_checkpoint_equals_builtin_weights(tmp_path):
     state = torch.load(tiny.CLIP_WEIGHTS, weights_only=True)
     wrapped = tmp_path / "clip.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, wrapped)
-    shipped = FoundationConfig(**{**TINY.__dict__, "clip_pretrained": "synthetic", "vit_pretrained": "synthetic"})
+    shipped = FoundationConfig(**{**TINY.__dict__, "clip_model": tiny.TINY_CLIP_FCN, "clip_pretrained": "synthetic",
+                                  "vit_pretrained": "synthetic"})
     from_file = FoundationConfig(**{**shipped.__dict__, "clip_pretrained": str(wrapped),
                                     "vit_pretrained": str(tiny.VIT_WEIGHTS)})
     images = _images(2)
     a, b = ClipScorer(shipped), ClipScorer(from_file)
     assert torch.equal(a.dense_features(images), b.dense_features(images))
-    assert not torch.allclose(a.dense_features(images), ClipScorer(TINY).dense_features(images))
+    random_init = FoundationConfig(**{**shipped.__dict__, "clip_pretrained": ""})
+    assert not torch.allclose(a.dense_features(images), ClipScorer(random_init).dense_features(images))
     qa, ka, _ = VitEvidence(shipped).qk(images)
     qb, kb, _ = VitEvidence(from_file).qk(images)
     assert torch.equal(qa, qb) and torch.equal(ka, kb)
@@ -160,7 +162,7 @@ def test_real_clip_architecture_at_224px():
     ({"clip_model": "ViT-B-61"}, ["unknown open_clip model", "ViT-B-61"]),
     ({"vit_model": "vit_bsae_patch16_224"}, ["unknown timm model", "did you mean"]),
     ({"clip_model": "ViT-B-16", "clip_pretrained": "opanai"}, ["'opanai'", "openai"]),
-    ({"clip_model": "ViT-B-16", "clip_pretrained": "synthetic"}, ["synthetic", tiny.TINY_CLIP]),
+    ({"clip_model": "ViT-B-16", "clip_pretrained": "synthetic"}, ["synthetic", tiny.TINY_CLIP_FCN]),
     ({"clip_model": "RN50"}, ["RN50", "not a ViT CLIP"]),
     ({"resolution": 60}, ["resolution=60", "multiple of the patch size 8"]),
 ])
@@ -341,3 +343,16 @@ def test_store_round_trips_any_tensors_and_refuses_damaged_or_foreign_files(tmp_
         assert store.read("m", "k1") is None and not path.exists()
         path.write_bytes(good)
     assert torch.equal(store.read("m", "k1")["c"], big[2:4, 1:6])
+
+
+def test_the_shipped_clip_tower_sees_a_bounded_neighbourhood():
+    """``wilss-tiny-clip-fcn``: output stride 8 and a 29-px receptive field, so the dense features of a
+    corner do not change when the opposite corner does (what keeps its class maps local)."""
+    scorer = ClipScorer(FoundationConfig(**{**TINY.__dict__, "clip_model": tiny.TINY_CLIP_FCN,
+                                            "clip_pretrained": "synthetic"}))
+    x = _images(1)
+    y = x.clone()
+    y[..., 40:, 40:] = 1 - y[..., 40:, 40:]
+    a, b = scorer.dense_features(x), scorer.dense_features(y)
+    assert a.shape == (1, 64, 8, 8)
+    assert torch.equal(a[..., :3, :3], b[..., :3, :3]) and not torch.allclose(a[..., 6:, 6:], b[..., 6:, 6:])

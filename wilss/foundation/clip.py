@@ -53,13 +53,13 @@ def check_clip_model(name: str) -> None:
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ConfigError(f"foundation.clip_model: unknown open_clip model '{name}': {hint}list them with "
-                          f"open_clip.list_models() (the tiny synthetic one is '{tiny.TINY_CLIP}')")
+                          f"open_clip.list_models() (the tiny synthetic one is '{tiny.TINY_CLIP_FCN}')")
 
 
 def clip_weights(cfg: FoundationConfig) -> WeightsSource:
     check_clip_model(cfg.clip_model)
     src = resolve_weights(cfg.clip_pretrained, key="foundation.clip_pretrained", model=cfg.clip_model,
-                          tiny_model=tiny.TINY_CLIP, shipped=tiny.CLIP_WEIGHTS)
+                          tiny_model=tiny.TINY_CLIP_FCN, shipped=tiny.CLIP_WEIGHTS)
     if src.kind == "tag" and src.value not in open_clip.list_pretrained_tags_by_model(cfg.clip_model):
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(cfg.clip_model)) or "none"
         raise ConfigError(f"foundation.clip_pretrained: '{src.value}' is neither a file nor a pretrained tag of "

@@ -4,41 +4,37 @@ Real FMWISS runs use OpenAI's CLIP ViT-B/16 and DINO's ViT-B/16, pretrained on o
 captions (CLIP) or nothing (DINO). The synthetic default mirrors that on scenes drawn with a *different*
 seed (``FOUNDATION_SEED``) from the benchmark:
 
-- ``wilss-tiny-clip`` is trained contrastively (symmetric InfoNCE, learned temperature) on view /
-  caption pairs: a view is the whole scene, a random crop or a patch of background, and its caption
+- ``wilss-tiny-clip-fcn`` (shipped) is trained contrastively (symmetric InfoNCE, learned temperature) on
+  view / caption pairs: a view is the whole scene, a random crop or a patch of background, and its caption
   names the objects in view by class name ("a photo of a circle and a star."), sometimes only some of
-  them, as web captions do; captions naming the same set are positives of each other;
-- ``wilss_tiny_vit`` is trained by DINO self-distillation (``wilss.foundation.dino``): no labels at all.
+  them, as web captions do; captions naming the same set are positives of each other. Its vision tower
+  is a plain conv net whose locations see 29 px of the 64-px image, average-pooled then projected: the
+  image embedding is the mean of per-location embeddings, each about its own neighbourhood;
+- ``wilss_tiny_vit`` is trained by DINO self-distillation (``wilss.foundation.dino``) from a mimetic
+  initialisation (``wilss.foundation.mimetic``), which is what makes minutes of CPU enough for its
+  attention to group an object's patches: no labels at all.
 
-Both vision towers start from a mimetic initialisation (``wilss.foundation.mimetic``), which is what
-makes minutes of CPU enough for the ViT's attention to group an object's patches. Minutes are *not*
-enough for a ViT to learn to tell 15 shapes apart: expect the tiny CLIP's class-specific maps to be
-weak (the metrics printed at the end say how weak). Both are written in fp16 to
-``wilss/foundation/weights/`` (``clip_tiny_synthetic.pt`` 8.3 MB, ``vit_tiny_synthetic.pt`` 1.7 MB) and
-loaded through the ordinary local-file path by the config value ``synthetic``. The run ends with the
-sanity metrics of ``wilss.foundation.quality`` on benchmark val scenes, next to those of random-init
-models.
+Both are written in fp16 to ``wilss/foundation/weights/`` (``clip_tiny_synthetic.pt`` 7.3 MB, most of it
+the text tower's token table; ``vit_tiny_synthetic.pt`` 1.7 MB) and loaded through the ordinary
+local-file path by the config value ``synthetic``. The run ends with the sanity metrics of
+``wilss.foundation.quality`` on benchmark val scenes, next to those of random-init models.
 
-    OMP_NUM_THREADS=1 python -m wilss.foundation.pretrain_synthetic   # ~14 minutes, 1 thread, 2 shared cores
+    OMP_NUM_THREADS=1 python -m wilss.foundation.pretrain_synthetic   # ~18 minutes, 1 thread
 
-The shipped weights come from that command (13.7 min: 1.5 rendering, 8.3 CLIP, 3.9 DINO). Its report on
-100 val scenes (mIoU, %): ViT attention at one seed 25.5 (random init 8.5), CLIP M_init 8.5-9.1 over
-dense modes and prompt sets (random init 8.7-9.2), an all-ones mask 9.6. So the seed attention groups
-objects well above chance, while the tiny CLIP's class maps are at chance: a ViT needs far more than
-minutes of CPU to tell these shapes apart (a supervised tiny ViT barely leaves chance in 1500 steps).
-Tried without success (CLIP M_init 6.9-9.1; the DINO-initialised one ranks an image's classes at chance):
-average pooling of the patch tokens instead of the class token (open_clip ``pool_type="avg"``, 286
-steps; a 1000-step run was on the same loss plateau at step 400), the image tower initialised from the
-DINO ViT (286 steps), and that tower locked but for ``ln_post`` / ``proj`` (LiT-style, 500 steps).
+The shipped CLIP weights come from ``--clip fcn --only clip`` (1500 steps; 21 min with another training
+job on the other core of the 2-core machine), the ViT's from ``--only vit``. On the format-3 world
+(docs/fmwiss-synthetic.md has the measurements and the commands):
 
-Tried, above chance but weak, so not the default: ``--clip lit-rn`` trains ``wilss-tiny-clip-rn``
-LiT-style (Zhai et al. 2022): its image trunk is the shipped ``resnet-tiny`` (``wilss.models.pretrain_tiny``,
-image-level labels on other synthetic scenes), locked; only the linear projection of its average-pooled
-features, the text tower and the temperature are trained. 1000 steps (4.0 min with rendering): CLIP
-M_init 11.9 / 11.3 (short / imagenet prompts; both dense modes are the same for this tower), random
-init 6.8-7.0; 1500 steps at lr 3e-3 gave the same 11.9. The cosine is what holds it back only in part:
-the un-normalised per-location scores (a CAM) reach 15.6. Unlocking the trunk (the whole tower trained
-from the resnet-tiny init, lr 3e-4, 1000 steps, 4.0 min at 2 threads) gave 12.4 / 10.9: no better.
+- the FCN CLIP's M_init inside an FMWISS run is 37.8 mIoU with a background prompt in the softmax
+  (``foundation.score_norm=softmax_bg``, the synthetic preset's) and 23.8 with min-max maps, against 12.0
+  for an all-ones mask and 17.4 for a random half of the pixels; it names 33% of the classes of a val
+  image at image level (chance 10%);
+- the ViT CLIP (``--clip vit``, the tiny CLIP shipped before) stays at chance whatever the scoring: it
+  names 13% of an image's classes at image level, M_init 22.0 (min-max) / 20.6 (with the prompt);
+- the LiT CLIP on the locked ``resnet-tiny`` trunk (``--clip lit-rn``, Zhai et al. 2022) recognises
+  classes (79% at image level, 71% of object pixels take the right class among all 15) but does not
+  localise them (M_init 23.5 / 21.9): its dilated trunk lets every location see the whole image, so every
+  location names the image's classes. That is why the shipped tower has a bounded receptive field.
 
     OMP_NUM_THREADS=1 python -m wilss.foundation.pretrain_synthetic --clip lit-rn --only clip --out /tmp/lit
 
@@ -74,9 +70,12 @@ from wilss.models.student import TINY_WEIGHTS, load_backbone_file
 FOUNDATION_SEED = 2_000_003  # not the benchmark's (0..), nor the tiny backbone's (1_000_003)
 CAPTIONS = ("a photo of {}.", "a picture of {}.", "an image of {}.", "a drawing of {}.", "{}.")
 BACKGROUND = "the background"  # what a caption names when no object is in view
-DEFAULT_MINUTES = 14.0
-CLIP_STEPS, DINO_STEPS = 500, 450  # at batch 64 / 32: about 6.5 and 5.5 minutes on the reference machine
-LIT_STEPS = 1000  # --clip lit-rn: about 3.3 minutes (its locked trunk needs no backward pass)
+DEFAULT_MINUTES = 18.0  # --clip fcn and the DINO ViT
+DINO_STEPS = 450  # at batch 32: about 4 minutes on the reference machine
+FCN_LR = 2e-3
+# --clip: the architecture and its steps at batch 64. fcn (shipped): about 12 minutes alone on the
+# reference machine; vit: about 8 minutes; lit-rn: about 3.3 (its locked trunk needs no backward pass).
+CLIPS = {"fcn": (tiny.TINY_CLIP_FCN, 1500), "vit": (tiny.TINY_CLIP, 500), "lit-rn": (tiny.TINY_CLIP_RN, 1000)}
 NAMED_SHARE = 0.04  # an object is named when it covers this share of the view (and >= 4 pixels)
 
 
@@ -225,33 +224,34 @@ def main() -> None:
     p.add_argument("--scenes", type=int, default=8000, help="training scenes (shared by both models)")
     p.add_argument("--eval-images", type=int, default=100, help="val scenes for the sanity metrics")
     p.add_argument("--only", choices=("clip", "vit", "eval"), help="train one model, or only report metrics")
-    p.add_argument("--clip", choices=("vit", "lit-rn"), default="vit",
-                   help=f"the CLIP to train: the shipped ViT '{tiny.TINY_CLIP}' or the experimental LiT "
-                        f"'{tiny.TINY_CLIP_RN}' (its weights file has the same name: use a scratch --out)")
+    p.add_argument("--clip", choices=tuple(CLIPS), default="fcn",
+                   help=f"the CLIP to train: the shipped '{tiny.TINY_CLIP_FCN}' (fcn), or one of the tried ones, "
+                        f"the ViT '{tiny.TINY_CLIP}' (vit) or the LiT '{tiny.TINY_CLIP_RN}' (lit-rn): their weights "
+                        "file has the shipped one's name, so give those a scratch --out")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
-    if args.clip == "lit-rn" and out.resolve() == tiny.WEIGHTS_DIR.resolve():
-        p.error("--clip lit-rn writes and reads its CLIP weights in --out, and the default folder holds the "
-                "shipped ViT CLIP's: give a scratch --out")
+    if args.clip != "fcn" and out.resolve() == tiny.WEIGHTS_DIR.resolve():
+        p.error(f"--clip {args.clip} writes and reads its CLIP weights in --out, and the default folder holds the "
+                "shipped CLIP's: give a scratch --out")
     scale = args.minutes / DEFAULT_MINUTES
-    clip_steps, dino_steps = max(1, round(CLIP_STEPS * scale)), max(1, round(DINO_STEPS * scale))
-    lit_steps = max(1, round(LIT_STEPS * scale))
-    clip_name = tiny.TINY_CLIP_RN if args.clip == "lit-rn" else tiny.TINY_CLIP
+    clip_name, clip_steps = CLIPS[args.clip]
+    clip_steps, dino_steps = max(1, round(clip_steps * scale)), max(1, round(DINO_STEPS * scale))
     start = time.perf_counter()
     if args.only != "eval":
         images, masks = make_scenes(args.scenes, 64, FOUNDATION_SEED)
         print(f"{args.scenes} scenes rendered in {time.perf_counter() - start:.0f}s")
     if args.only in (None, "clip"):
+        tokenizer = open_clip.get_tokenizer(clip_name)
         if args.clip == "lit-rn":
             model = lit_clip()
-            model = train_clip(model, open_clip.get_tokenizer(clip_name), images, masks, steps=lit_steps,
-                               locked=model.visual.trunk)
+            model = train_clip(model, tokenizer, images, masks, steps=clip_steps, locked=model.visual.trunk)
         else:
             torch.manual_seed(0)
-            model = open_clip.create_model(tiny.TINY_CLIP)
-            mimetic_init_(model.visual)
-            model = train_clip(model, open_clip.get_tokenizer(tiny.TINY_CLIP), images, masks, steps=clip_steps)
+            model = open_clip.create_model(clip_name)
+            if args.clip == "vit":
+                mimetic_init_(model.visual)
+            model = train_clip(model, tokenizer, images, masks, steps=clip_steps, lr=FCN_LR if args.clip == "fcn" else 1e-3)
         save_fp16(model, out / tiny.CLIP_WEIGHTS.name)
     if args.only in (None, "vit"):
         torch.manual_seed(0)
@@ -264,7 +264,7 @@ def main() -> None:
         if (out / f).is_file():
             print(f"{out / f}: {(out / f).stat().st_size / 1e6:.1f} MB")
     print(f"training took {(time.perf_counter() - start) / 60:.1f} min")
-    clip_file = out / tiny.CLIP_WEIGHTS.name if args.clip == "lit-rn" else weights_in(out, tiny.CLIP_WEIGHTS)
+    clip_file = weights_in(out, tiny.CLIP_WEIGHTS) if args.clip == "fcn" else out / tiny.CLIP_WEIGHTS.name
     cfg = FoundationConfig(clip_model=clip_name, clip_pretrained=str(clip_file),
                            vit_model=tiny.TINY_VIT, vit_pretrained=str(weights_in(out, tiny.VIT_WEIGHTS)),
                            resolution=64)

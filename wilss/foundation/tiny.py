@@ -1,19 +1,21 @@
 """The tiny foundation models of the synthetic default, registered with their libraries on import.
 
-- ``wilss-tiny-clip``: an open_clip architecture (``model_configs/wilss-tiny-clip.json``: a ViT vision
-  tower at 64 px, patch 8, width 128, 4 layers; a 3-layer text tower of width 64 over the standard
-  49408-token vocabulary; 64-d joint space), added with ``open_clip.add_model_config``.
-- ``wilss-tiny-clip-rn`` (experimental, no shipped weights): the same text tower and joint space, with
-  a timm vision tower ``wilss_tiny_resnet`` (below) average-pooled and linearly projected; for LiT-style
-  training on the locked ``resnet-tiny`` trunk (``pretrain_synthetic --clip lit-rn``), which leaves its
-  class maps above chance but weak (11.9 mIoU against 9.6 for an all-ones mask), so it is not the default.
+- ``wilss-tiny-clip-fcn`` (the shipped tiny CLIP): a 3-layer text tower of width 64 over the standard
+  49408-token vocabulary, a 64-d joint space, and a timm vision tower ``wilss_tiny_fcn`` (below, a conv net
+  of bounded receptive field) average-pooled and linearly projected (``model_configs/*.json``, added with
+  ``open_clip.add_model_config``).
+- ``wilss-tiny-clip``: a ViT vision tower at 64 px (patch 8, width 128, 4 layers) with the same text tower:
+  the open_clip ViT code path (MaskCLIP) at tiny size, used by the tests at random init. Trained
+  (``pretrain_synthetic --clip vit``), its class maps stay at chance, so it ships no weights.
+- ``wilss-tiny-clip-rn`` (tried): the same with the ``resnet-tiny`` trunk, for LiT-style training on the
+  locked trunk (``pretrain_synthetic --clip lit-rn``): it recognises classes but does not localise them.
 - ``wilss_tiny_resnet``: ``resnet-tiny`` (``wilss.models.tiny``) at output stride 8 as a timm model
   (``num_features`` 256, ``forward_features`` -> (B, 256, H/8, W/8), ``reset_classifier``), so open_clip's
   ``TimmModel`` can wrap it; it takes open_clip-normalised input.
 - ``wilss_tiny_vit``: a timm ViT (64 px, patch 8, width 128, depth 4, 4 heads, no classifier), registered
   as a timm model entrypoint, so ``timm.create_model("wilss_tiny_vit")`` builds it.
 
-Their weights (``weights/*.pt``, fp16) come from ``wilss.foundation.pretrain_synthetic``: CLIP trained
+Their weights (``weights/*.pt``, fp16) come from ``wilss.foundation.pretrain_synthetic``: the CLIP trained
 contrastively and the ViT self-supervised (DINO), both on synthetic scenes drawn with another seed than
 the benchmark. The config value ``synthetic`` loads them through the ordinary local-file path.
 """
@@ -36,11 +38,13 @@ TINY_CLIP = "wilss-tiny-clip"
 TINY_CLIP_RN = "wilss-tiny-clip-rn"
 TINY_VIT = "wilss_tiny_vit"
 TINY_RESNET = "wilss_tiny_resnet"
+TINY_CLIP_FCN = "wilss-tiny-clip-fcn"
+TINY_FCN = "wilss_tiny_fcn"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-CLIP_WEIGHTS = WEIGHTS_DIR / "clip_tiny_synthetic.pt"
+CLIP_WEIGHTS = WEIGHTS_DIR / "clip_tiny_synthetic.pt"  # TINY_CLIP_FCN's
 VIT_WEIGHTS = WEIGHTS_DIR / "vit_tiny_synthetic.pt"
 
-for _name in (TINY_CLIP, TINY_CLIP_RN):
+for _name in (TINY_CLIP, TINY_CLIP_RN, TINY_CLIP_FCN):
     if _name not in open_clip.list_models():
         open_clip.add_model_config(Path(__file__).parent / "model_configs" / f"{_name}.json")
 
@@ -52,6 +56,8 @@ default_cfgs = generate_default_cfgs({
     # Fed open_clip's (OpenAI) normalisation: the trunk converts it to the ImageNet one it was trained on.
     TINY_RESNET: {"input_size": (3, 64, 64), "pool_size": (8, 8), "num_classes": 0,
                   "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD, "crop_pct": 1.0},
+    TINY_FCN: {"input_size": (3, 64, 64), "pool_size": (8, 8), "num_classes": 0,
+               "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD, "crop_pct": 1.0},
 })
 
 
@@ -111,3 +117,44 @@ class TimmTinyResNet(nn.Module):
 @register_model
 def wilss_tiny_resnet(pretrained: bool = False, **kwargs) -> TimmTinyResNet:
     return build_model_with_cfg(TimmTinyResNet, TINY_RESNET, pretrained, **kwargs)
+
+
+def _conv(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class TimmTinyFCN(nn.Module):
+    """A plain 3x3-conv net of output stride 8 whose locations see 29 px of a 64-px image (its receptive
+    field), behind the same timm interface as ``TimmTinyResNet``: the vision tower of ``wilss-tiny-clip-fcn``.
+
+    Average pooling then a linear projection make the image embedding the mean of per-location
+    embeddings (a CAM), and the bounded receptive field keeps each of them about its own neighbourhood:
+    what dense CLIP scores need. ``resnet-tiny``'s dilated stages let every location see the whole image,
+    so its per-location embeddings name the image's classes everywhere (``pretrain_synthetic``).
+    """
+
+    def __init__(self, num_classes: int = 0, global_pool: str = "avg", widths: tuple[int, int, int] = (32, 64, 128),
+                 in_chans: int = 3):
+        super().__init__()
+        if in_chans != 3:
+            raise ValueError(f"{TINY_FCN} takes RGB images (in_chans=3), not in_chans={in_chans}")
+        a, b, c = widths
+        # receptive field 3, 5, 9, 13, 21, 29 px after each conv (strides 1, 2, 1, 2, 1, 2: output stride 8)
+        self.features = nn.Sequential(*_conv(3, a, 1), *_conv(a, a, 2), *_conv(a, b, 1), *_conv(b, b, 2),
+                                      *_conv(b, c, 1), *_conv(c, c, 2), nn.Conv2d(c, c, 1))
+        self.num_features = c
+        self.reset_classifier(num_classes, global_pool)
+
+    reset_classifier = TimmTinyResNet.reset_classifier
+    get_classifier = TimmTinyResNet.get_classifier
+    forward_head = TimmTinyResNet.forward_head
+    forward = TimmTinyResNet.forward
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) open_clip-normalised -> (B, C, H/8, W/8)."""
+        return self.features(x)
+
+
+@register_model
+def wilss_tiny_fcn(pretrained: bool = False, **kwargs) -> TimmTinyFCN:
+    return build_model_with_cfg(TimmTinyFCN, TINY_FCN, pretrained, **kwargs)
