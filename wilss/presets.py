@@ -43,10 +43,10 @@ def _synthetic() -> Config:
         foundation=FoundationConfig(clip_model="wilss-tiny-clip-fcn", clip_pretrained="synthetic",
                                     vit_model="wilss_tiny_vit", vit_pretrained="synthetic", resolution=64,
                                     prompts="short", score_norm="softmax_bg"),
-        # The paper warms the teacher up for 5 of its 40 epochs; 1 of the 8 here keeps that share. Five
-        # would leave 3 epochs of student training after 5 in which only the teacher's losses (on
-        # pseudo masks from a CLIP at chance) move the shared encoder: old classes fall to 9.3 mIoU
-        # (old, no bg) instead of 17.1 (README "FMWISS").
+        # The paper warms the teacher up for 5 of its 40 epochs; 1 of the 8 here keeps that share (five
+        # would leave the student 3 epochs, after 5 in which only the teacher's losses move the shared
+        # encoder). The teacher keeps the paper's plain BCE (teacher_pos_weight 1): a positive weight
+        # helps it with true masks but hurts with these pseudo masks (docs/fmwiss-synthetic.md §3).
         fmwiss=FMWISSConfig(warmup_epochs=1),
     )
 
