@@ -72,10 +72,11 @@ CAPTIONS = ("a photo of {}.", "a picture of {}.", "an image of {}.", "a drawing 
 BACKGROUND = "the background"  # what a caption names when no object is in view
 DEFAULT_MINUTES = 18.0  # --clip fcn and the DINO ViT
 DINO_STEPS = 450  # at batch 32: about 4 minutes on the reference machine
-FCN_LR = 2e-3
-# --clip: the architecture and its steps at batch 64. fcn (shipped): about 12 minutes alone on the
-# reference machine; vit: about 8 minutes; lit-rn: about 3.3 (its locked trunk needs no backward pass).
-CLIPS = {"fcn": (tiny.TINY_CLIP_FCN, 1500), "vit": (tiny.TINY_CLIP, 500), "lit-rn": (tiny.TINY_CLIP_RN, 1000)}
+# --clip: the architecture, its steps at batch 64 and its peak learning rate. fcn (shipped): about 12
+# minutes alone on the reference machine; vit: about 8; lit-rn: about 3.3 (its locked trunk needs no
+# backward pass).
+CLIPS = {"fcn": (tiny.TINY_CLIP_FCN, 1500, 2e-3), "vit": (tiny.TINY_CLIP, 500, 1e-3),
+         "lit-rn": (tiny.TINY_CLIP_RN, 1000, 1e-3)}
 NAMED_SHARE = 0.04  # an object is named when it covers this share of the view (and >= 4 pixels)
 
 
@@ -225,17 +226,17 @@ def main() -> None:
     p.add_argument("--eval-images", type=int, default=100, help="val scenes for the sanity metrics")
     p.add_argument("--only", choices=("clip", "vit", "eval"), help="train one model, or only report metrics")
     p.add_argument("--clip", choices=tuple(CLIPS), default="fcn",
-                   help=f"the CLIP to train: the shipped '{tiny.TINY_CLIP_FCN}' (fcn), or one of the tried ones, "
-                        f"the ViT '{tiny.TINY_CLIP}' (vit) or the LiT '{tiny.TINY_CLIP_RN}' (lit-rn): their weights "
-                        "file has the shipped one's name, so give those a scratch --out")
+                   help=f"the CLIP to train: the shipped '{tiny.TINY_CLIP_FCN}' (fcn), or a tried one, the ViT "
+                        f"'{tiny.TINY_CLIP}' (vit) or the LiT '{tiny.TINY_CLIP_RN}' (lit-rn): their weights file "
+                        "has the shipped one's name, so give those a scratch --out")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     if args.clip != "fcn" and out.resolve() == tiny.WEIGHTS_DIR.resolve():
-        p.error(f"--clip {args.clip} writes and reads its CLIP weights in --out, and the default folder holds the "
-                "shipped CLIP's: give a scratch --out")
+        p.error(f"--clip {args.clip} writes and reads its CLIP weights in --out, and the default folder holds "
+                "the shipped CLIP's: give a scratch --out")
     scale = args.minutes / DEFAULT_MINUTES
-    clip_name, clip_steps = CLIPS[args.clip]
+    clip_name, clip_steps, clip_lr = CLIPS[args.clip]
     clip_steps, dino_steps = max(1, round(clip_steps * scale)), max(1, round(DINO_STEPS * scale))
     start = time.perf_counter()
     if args.only != "eval":
@@ -245,13 +246,14 @@ def main() -> None:
         tokenizer = open_clip.get_tokenizer(clip_name)
         if args.clip == "lit-rn":
             model = lit_clip()
-            model = train_clip(model, tokenizer, images, masks, steps=clip_steps, locked=model.visual.trunk)
+            model = train_clip(model, tokenizer, images, masks, steps=clip_steps, lr=clip_lr,
+                               locked=model.visual.trunk)
         else:
             torch.manual_seed(0)
             model = open_clip.create_model(clip_name)
             if args.clip == "vit":
                 mimetic_init_(model.visual)
-            model = train_clip(model, tokenizer, images, masks, steps=clip_steps, lr=FCN_LR if args.clip == "fcn" else 1e-3)
+            model = train_clip(model, tokenizer, images, masks, steps=clip_steps, lr=clip_lr)
         save_fp16(model, out / tiny.CLIP_WEIGHTS.name)
     if args.only in (None, "vit"):
         torch.manual_seed(0)
