@@ -88,20 +88,20 @@ def normalize_scores(scores: torch.Tensor, valid: torch.Tensor, mode: str = "min
     Returns (B, C, h, w) float, 0 on the channels of classes outside K(x).
     """
     vmask = valid[:, :, None, None]
-    if mode == "softmax_bg":
-        if background is None or background.shape != (scores.shape[0], 1, *scores.shape[2:]):
-            raise ValueError(f"score normalisation 'softmax_bg' needs background scores of shape "
-                             f"{(scores.shape[0], 1, *scores.shape[2:])}, got "
-                             f"{None if background is None else tuple(background.shape)}")
-        logits = torch.cat([(logit_scale * scores).masked_fill(~vmask, float("-inf")), logit_scale * background], 1)
-        return logits.softmax(1)[:, :-1] * vmask
     if mode == "minmax":
         lo = scores.amin((-2, -1), keepdim=True)
         hi = scores.amax((-2, -1), keepdim=True)
         out = (scores - lo) / (hi - lo).clamp_min(1e-12)
-    elif mode == "softmax":
-        logits = (logit_scale * scores).masked_fill(~vmask, float("-inf"))
-        out = logits.softmax(1).nan_to_num(0.0)  # all -inf (no valid class) gives NaN -> 0
+    elif mode in ("softmax", "softmax_bg"):
+        logits = (logit_scale * scores).masked_fill(~vmask, float("-inf"))  # (B, C, h, w)
+        if mode == "softmax_bg":
+            if background is None or background.shape != (scores.shape[0], 1, *scores.shape[2:]):
+                raise ValueError(f"score normalisation 'softmax_bg' needs background scores of shape "
+                                 f"{(scores.shape[0], 1, *scores.shape[2:])}, got "
+                                 f"{None if background is None else tuple(background.shape)}")
+            logits = torch.cat([logits, logit_scale * background], 1)  # (B, C + 1, h, w)
+        # all -inf (no valid class, no background) gives NaN -> 0; the background's share is dropped
+        out = logits.softmax(1)[:, :scores.shape[1]].nan_to_num(0.0)
     else:
         raise ValueError(f"score normalisation {mode!r} is not one of {SCORE_NORMS}")
     return out * vmask
